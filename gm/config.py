@@ -221,8 +221,17 @@ class TrainParams:
     seed: int = 0
     num_to_keep: int = spec(1, ge=1)  # best checkpoints kept; Ray always keeps the latest as well
     max_failures: int = spec(2, ge=-1)  # worker/node failures survived by resuming from the latest checkpoint
+    data_in_memory: bool = True  # pull each worker's shard once (small data); False streams every epoch
     fail_once_at_step: int | None = spec(None, gt=0)  # fault injection for recovery tests
     scaling: ScalingParams = field(default_factory=ScalingParams)
+
+    def validate(self):
+        if self.eval_every > self.steps:
+            raise ConfigError(f"eval_every: expected a value <= steps ({self.steps}), got {self.eval_every}")
+        if self.fail_once_at_step is not None and not self.eval_every < self.fail_once_at_step <= self.steps:
+            raise ConfigError(
+                f"fail_once_at_step: expected a step after the first checkpoint ({self.eval_every}) "
+                f"and <= steps ({self.steps}), got {self.fail_once_at_step}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,207 @@
+"""Prepared datasets on disk: train/val/test Parquet files with an explicit schema, plus meta.json.
+
+Layout of one prepared dataset folder::
+
+    train.parquet  val.parquet  test.parquet   x: fixed_size_list<float32>[D]  (D = prod(shape))
+                                               y: int64                        (labelled data only)
+    meta.json                                  kind, shape, levels, classes, split sizes, hashes ...
+
+Files are byte-for-byte reproducible: the same input and seed give the same bytes (no
+timestamps anywhere), so DVC sees an unchanged output as unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gm.data.spec import DataSpec
+
+SPLITS = ("train", "val", "test")
+META = "meta.json"
+_RUN_PREPARE = "run the prepare stage (dvc repro prepare)"
+
+
+def split_schema(shape: Sequence[int], labelled: bool) -> pa.Schema:
+    """The Arrow schema of a split: x as a fixed-size float32 list, y as int64 when labelled."""
+    fields = [pa.field("x", pa.list_(pa.float32(), math.prod(shape)), nullable=False)]
+    if labelled:
+        fields.append(pa.field("y", pa.int64(), nullable=False))
+    return pa.schema(fields)
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Rows per split: test = ceil(test_fraction·N), val = ceil(val_fraction·N), train the rest.
+
+    ceil is scikit-learn's rounding for a float test_size, so digits (N = 1797, 0.1/0.2)
+    gives test 360 and train+val 1437 exactly as `train_test_split(test_size=0.2)` does;
+    val (180) is then taken from those 1437, leaving 1257 for training.
+    """
+    n_test, n_val = math.ceil(test_fraction * n), math.ceil(val_fraction * n)
+    if n - n_test - n_val < 1:
+        raise ValueError(f"{n} samples are too few for val_fraction {val_fraction} and "
+                         f"test_fraction {test_fraction}; expected at least one training sample")
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def _stratified_take(idx: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k of `idx`, each class getting its proportional share (largest remainders round it to k)."""
+    classes, counts = np.unique(y[idx], return_counts=True)
+    quota = k * counts / len(idx)
+    take = np.floor(quota).astype(int)
+    # mergesort: a stable order, so ties go to the lower class and the result is reproducible
+    extra = np.argsort(-(quota - take), kind="mergesort")[: k - take.sum()]
+    take[extra] += 1
+    return np.concatenate([rng.permutation(idx[y[idx] == c])[:t] for c, t in zip(classes, take)])
+
+
+def split_indices(n: int, y: np.ndarray | None, seed: int, val_fraction: float,
+                  test_fraction: float) -> dict[str, np.ndarray]:
+    """Seeded row indices per split; stratified by label when labelled (sizes from `split_sizes`)."""
+    sizes = split_sizes(n, val_fraction, test_fraction)
+    rng = np.random.default_rng(seed)
+    rest = rng.permutation(n)
+    out = {}
+    for split in ("test", "val"):
+        if y is None:
+            out[split], rest = rest[: sizes[split]], rest[sizes[split]:]
+        else:
+            out[split] = _stratified_take(rest, y, sizes[split], rng)
+            rest = rest[~np.isin(rest, out[split])]
+    out["train"] = rest
+    # shuffle within each split so rows are not grouped by class on disk
+    return {s: rng.permutation(out[s]) for s in SPLITS}
+
+
+def to_table(x: np.ndarray, y: np.ndarray | None) -> pa.Table:
+    """(N, *shape) samples (+ labels) -> an Arrow table with the split schema."""
+    shape = x.shape[1:]
+    flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
+    columns = [pa.FixedSizeListArray.from_arrays(flat, math.prod(shape))]
+    if y is not None:
+        columns.append(pa.array(np.asarray(y, dtype=np.int64)))
+    return pa.Table.from_arrays(columns, schema=split_schema(shape, y is not None))
+
+
+def _write_bytes_atomic(path: Path, write) -> None:
+    """Write via a temp file and rename, so a crash never leaves a half-written split behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info: dict, seed: int,
+                 val_fraction: float, test_fraction: float, source_hash: str,
+                 name: str | None = None) -> dict:
+    """Split (seeded, stratified when labelled) and write train/val/test.parquet + meta.json.
+
+    `info` is a source's info dict (kind, shape, levels, num_classes, optional modes and
+    class_names). Returns the meta written. Split sizes follow `split_sizes`.
+    """
+    out_dir = Path(out_dir)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"{out_dir}: expected samples of shape (N, *shape) with N > 0, got {x.shape}")
+    if list(x.shape[1:]) != list(info["shape"]):
+        raise ValueError(f"{out_dir}: samples have shape {x.shape[1:]} but the source says {info['shape']}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{out_dir}: data has NaN or infinite values; expected finite numbers")
+    if y is not None:
+        y = np.asarray(y, dtype=np.int64)
+    parts = split_indices(len(x), y, seed, val_fraction, test_fraction)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, idx in parts.items():
+        table = to_table(x[idx], y[idx] if y is not None else None)
+        # fixed writer options: the bytes depend only on the data (and pyarrow's version)
+        _write_bytes_atomic(out_dir / f"{split}.parquet", lambda p: pq.write_table(
+            table, p, compression="zstd", write_statistics=False, store_schema=True))
+
+    schema = split_schema(x.shape[1:], y is not None)
+    meta = {
+        "name": name or out_dir.name,
+        "kind": info["kind"],
+        "shape": [int(s) for s in info["shape"]],
+        "levels": info["levels"],
+        "num_classes": info["num_classes"],
+        "classes": np.unique(y).tolist() if y is not None else None,
+        "range": [float(x.min()), float(x.max())],
+        "n": {s: int(len(parts[s])) for s in SPLITS},
+        "source_hash": source_hash,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "modes": info.get("modes"),
+        "schema": {f.name: str(f.type) for f in schema},
+    }
+    if info.get("class_names"):
+        meta["class_names"] = list(info["class_names"])
+    text = json.dumps(meta, sort_keys=True, indent=2) + "\n"
+    _write_bytes_atomic(out_dir / META, lambda p: p.write_text(text))
+    return meta
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    """A prepared dataset's meta.json."""
+    path = Path(data_dir) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; {_RUN_PREPARE}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); {_RUN_PREPARE} again") from None
+
+
+def data_spec(data_dir: str | Path) -> DataSpec:
+    """The DataSpec (kind, shape, classes, levels) of a prepared dataset."""
+    return DataSpec.from_dict(read_meta(data_dir))
+
+
+def arrow_to_numpy(batch: pa.Table | pa.RecordBatch, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Table/RecordBatch with the split schema -> (x float32 (N, *shape), y int64 or None), no row loops."""
+    col = batch.column("x")
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    dim = math.prod(shape)
+    if not pa.types.is_fixed_size_list(col.type) or col.type.list_size != dim:
+        raise ValueError(f"column x has type {col.type}; expected {pa.list_(pa.float32(), dim)} for shape {tuple(shape)}")
+    if col.null_count:
+        raise ValueError("column x has nulls; expected one sample per row")
+    # flatten() honours slicing offsets (Ray hands out slices); .values would not
+    x = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(col), *shape)
+    if not x.flags.writeable:  # zero-copy views are read-only; torch.from_numpy wants writable memory
+        x = x.copy()
+    y = None
+    if "y" in batch.schema.names:
+        y = np.asarray(batch.column("y").to_numpy(), dtype=np.int64)
+        if not y.flags.writeable:
+            y = y.copy()
+    return x, y
+
+
+def read_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One split of a prepared dataset as (x float32 (N, *shape), y int64 or None)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    data_dir = Path(data_dir)
+    path = data_dir / f"{split}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; {_RUN_PREPARE}")
+    meta = read_meta(data_dir)
+    expected = split_schema(meta["shape"], meta.get("classes") is not None)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: unreadable Parquet ({str(e).splitlines()[0]}); {_RUN_PREPARE} again") from None
+    if not table.schema.equals(expected, check_metadata=False):
+        got = ", ".join(f"{f.name}: {f.type}" for f in table.schema)
+        want = ", ".join(f"{f.name}: {f.type}" for f in expected)
+        raise ValueError(f"{path}: schema ({got}) does not match meta.json; expected ({want})")
+    return arrow_to_numpy(table, meta["shape"])

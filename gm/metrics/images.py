@@ -1,0 +1,161 @@
+"""Sample-quality metrics on feature vectors: Fréchet distance, KID and class statistics.
+
+Until a trained featurizer exists, pixel_scores computes them on raw pixels, with a
+logistic-regression classifier standing in for the Inception classifier. Pixel-space
+numbers are only comparable with other pixel-space numbers on the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy import linalg
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from gm.registry import register_metric
+
+SQRTM_EPS = 1e-6  # ridge added to both covariances when their product is singular
+MAX_IMAG_REL = 1e-3  # sqrtm of a PSD-similar matrix is real; more imaginary part than this is a bug
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1 = np.atleast_2d(sigma1).astype(np.float64)
+    sigma2 = np.atleast_2d(sigma2).astype(np.float64)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+    singular = any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
+    if singular or not np.isfinite(covmean).all():
+        # Rank-deficient covariances (constant pixels, fewer samples than features) make
+        # the product singular, where sqrtm is inaccurate; a tiny ridge makes it regular
+        # and moves the trace by O(sqrt(eps)) per dimension at most.
+        offset = SQRTM_EPS * np.eye(len(sigma1))
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+
+    if np.iscomplexobj(covmean):
+        # The product is similar to a PSD matrix, so its root is real up to rounding.
+        # Relative tolerance: raw-pixel covariances run to tens or hundreds.
+        scale = max(1.0, float(np.abs(covmean.real).max()))
+        imag = float(np.abs(covmean.imag).max())
+        if imag > MAX_IMAG_REL * scale:
+            raise ValueError(f"sqrtm(sigma1 sigma2) has imaginary part {imag:.3g}; "
+                             "covariances are not positive semi-definite?")
+        covmean = covmean.real
+
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+@register_metric("fd")
+def fd(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
+    """Fréchet distance between Gaussians fitted to features (N, d) and (M, d).
+
+    Means and unbiased covariances (rowvar=False). Returns {"fd": ...}.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    return {"fd": frechet_distance(a.mean(0), np.cov(a, rowvar=False),
+                                   b.mean(0), np.cov(b, rowvar=False))}
+
+
+def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """k(x, y) = (x.y / d + 1)^3 for all pairs of rows: (m, d), (n, d) -> (m, n)."""
+    g = x @ y.T / x.shape[1] + 1
+    return g * g * g  # several times faster than g ** 3
+
+
+def _mmd2_unbiased_poly(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD^2 of equal-size blocks x, y (m, d) under _poly_kernel."""
+    m = len(x)
+    kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
+    # Unbiased: within-sample sums leave out the diagonal k(x_i, x_i).
+    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(within - 2.0 * kxy.mean())
+
+
+@register_metric("kid")
+def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100,
+        subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Kernel Inception Distance between features (N, d) and (M, d).
+
+    Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged
+    over `subsets` random blocks of min(subset_size, N, M) rows drawn without replacement
+    from each side (defaults of StyleGAN2-ADA's metrics). Unbiased, so it can be
+    slightly negative when the distributions match. kid_std is the spread over blocks.
+    Returns {"kid": mean, "kid_std": std}.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError(f"kid needs at least 2 rows on each side, got {len(a)} and {len(b)}")
+    rng = np.random.default_rng(seed)
+    values = np.array([
+        _mmd2_unbiased_poly(a[rng.choice(len(a), m, replace=False)],
+                            b[rng.choice(len(b), m, replace=False)])
+        for _ in range(subsets)
+    ])
+    return {"kid": float(values.mean()), "kid_std": float(values.std())}
+
+
+@register_metric("classes")
+def class_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """How evenly samples spread over classes, from a classifier's predicted labels (N,).
+
+    A class is covered if at least one sample is predicted as it. Entropy of the
+    predicted-class histogram in nats; the ratio to log(num_classes) is 1 for a uniform
+    spread and 0 for total collapse.
+    Returns {"class_coverage": fraction covered, "class_entropy": ..., "class_entropy_ratio": ...}.
+    """
+    counts = np.bincount(np.asarray(predicted_labels, dtype=np.int64), minlength=num_classes)
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-np.sum(p * np.log(p)))
+    return {
+        "class_coverage": float(np.count_nonzero(counts)) / num_classes,
+        "class_entropy": entropy,
+        "class_entropy_ratio": entropy / math.log(num_classes),
+    }
+
+
+def _flatten(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float64).reshape(len(images), -1)  # (N, D)
+
+
+def pixel_scores(samples: np.ndarray, train_x: np.ndarray, train_y: np.ndarray,
+                 test_x: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Provisional sample quality of images (N, *shape) in raw pixel space.
+
+    FD and KID of the flattened samples against held-out test_x (M, *shape); class
+    coverage and entropy of the samples as labelled by a logistic-regression classifier
+    fitted on train_x (T, *shape) / train_y (T,). Fitting on train and comparing with
+    test keeps the reference set unseen by the classifier and the model alike.
+    Returns {"fd_pixel", "kid_pixel", "kid_pixel_std", "class_coverage",
+    "class_entropy", "class_entropy_ratio"}.
+    """
+    samples, train_x, test_x = _flatten(samples), _flatten(train_x), _flatten(test_x)
+
+    # Standardised pixels let lbfgs converge in ~30 steps on digits; lbfgs is deterministic.
+    classifier = make_pipeline(StandardScaler(),
+                               LogisticRegression(max_iter=5000, random_state=seed))
+    classifier.fit(train_x, train_y)
+    classes = classifier.classes_
+    predicted = np.searchsorted(classes, classifier.predict(samples))  # labels -> 0..C-1
+
+    kid_scores = kid(samples, test_x, seed=seed)
+    return {
+        "fd_pixel": fd(samples, test_x)["fd"],
+        "kid_pixel": kid_scores["kid"],
+        "kid_pixel_std": kid_scores["kid_std"],
+        **class_metrics(predicted, len(classes)),
+    }

@@ -1,0 +1,129 @@
+"""MLP backbone and the small tensor helpers every vector-based family shares.
+
+Families work on flattened vectors of dimension `data.dim`; these helpers keep the
+model-space conventions of `DataSpec` (raw toys, discrete images in [-1, 1)) in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from gm.data.spec import DataSpec
+
+Activation = Literal["relu", "leaky_relu", "tanh"]
+
+_ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.2),  # 0.2: the DCGAN slope
+    "tanh": nn.Tanh,
+}
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; expected one of: {', '.join(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]()
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, depth: int, activation: Activation = "relu",
+        out_activation: Activation | None = None) -> nn.Sequential:
+    """A fully connected net: `depth` hidden layers of width `hidden`, then a linear output.
+
+    `depth = 0` gives a single linear map. `out_activation` (None = identity) is applied
+    to the output, e.g. "tanh" for generators of data that lives in [-1, 1).
+    """
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    layers: list[nn.Module] = []
+    width = in_dim
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), _activation(activation)]
+        width = hidden
+    layers.append(nn.Linear(width, out_dim))
+    if out_activation is not None:
+        layers.append(_activation(out_activation))
+    return nn.Sequential(*layers)
+
+
+def bounded_output(data: DataSpec) -> Activation | None:
+    """The output activation of a net that emits samples: tanh for discrete data.
+
+    Discrete data lives in [-1, 1) in model space, so a generator squashes its output
+    there; continuous (toy) data is unbounded and keeps the identity.
+    """
+    return "tanh" if data.levels else None
+
+
+def clamp_to_model_space(x: torch.Tensor, data: DataSpec) -> torch.Tensor:
+    """Clamp samples of discrete data into [-1, 1); continuous data is returned unchanged.
+
+    The upper end is the largest float below 1 in x's dtype, so `data.to_data` never
+    floors a sample onto level `levels`.
+    """
+    if not data.levels:
+        return x
+    return x.clamp(-1.0, 1.0 - torch.finfo(x.dtype).eps / 2)
+
+
+def randn(shape: tuple[int, ...], generator: torch.Generator | None = None,
+          device: torch.device | str | None = None) -> torch.Tensor:
+    """Standard normal noise drawn from `generator` (on its device), then moved to `device`.
+
+    Drawing on the generator's own device keeps a seeded CPU generator usable with a
+    model on a GPU, and the same seed gives the same numbers wherever the model lives.
+    """
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def rand(shape: tuple[int, ...], generator: torch.Generator | None = None,
+         device: torch.device | str | None = None) -> torch.Tensor:
+    """U[0, 1) noise, with the same generator/device handling as `randn`."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=generator.device).to(device)
+
+
+def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
+                    log_std: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """Elementwise log N(x; mean, exp(log_std)^2) in nats; sum over the last dims yourself."""
+    log_std = torch.as_tensor(log_std, dtype=x.dtype, device=x.device)
+    return -0.5 * (((x - mean) * torch.exp(-log_std)) ** 2 + LOG_2PI) - log_std
+
+
+def check_unconditional(model: nn.Module, condition: torch.Tensor | None) -> None:
+    """Refuse a condition in a model that cannot use one, rather than ignore it silently."""
+    if condition is not None:
+        raise ValueError(f"{type(model).__name__} is unconditional; got a condition")
+
+
+class MLPGenerator(nn.Module):
+    """The generator of the adversarial families: z ~ N(0, I) -> MLP -> flattened sample.
+
+    The output is tanh-bounded for discrete data (see `bounded_output`), unbounded otherwise.
+    """
+
+    def __init__(self, z_dim: int, data: DataSpec, hidden: int, depth: int, activation: Activation = "relu"):
+        super().__init__()
+        self.z_dim = z_dim
+        self.data = data
+        self.net = mlp(z_dim, data.dim, hidden, depth, activation, out_activation=bounded_output(data))
+
+    def forward(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n flattened samples G(z) with gradients; shape (n, D)."""
+        z = randn((n, self.z_dim), generator, self.net[0].weight.device)  # (n, Z)
+        return self.net(z)  # (n, D)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples in model space, (n, *data.shape); tanh can round to exactly ±1 in float32,
+        so discrete data is also clamped into [-1, 1)."""
+        x = self(n, generator).view(n, *self.data.shape)
+        return clamp_to_model_space(x, self.data)

@@ -1,0 +1,167 @@
+"""The leaderboard: one table per dataset (experiments × metrics) beside published rows.
+
+Builds reports/leaderboard.md, a self-contained reports/index.html (plots inlined)
+and reports/metrics.json from the evaluation, training and tuning outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+from gm.files import write_json
+
+# Published numbers (../shared/BENCHMARKS.md), shown beside ours on the same definitions.
+REFERENCE = {
+    "ring8": [
+        {"experiment": "GAN (PacGAN Table 1)", "modes": 6.3, "hq_pct": 98.2, "rkl": 0.45},
+        {"experiment": "PacGAN4 (PacGAN Table 1)", "modes": 7.8, "hq_pct": 95.9, "rkl": 0.07},
+        {"experiment": "Unrolled GAN (VEEGAN Table 1)", "modes": 7.6, "hq_pct": 35.6},
+        {"experiment": "VEEGAN (VEEGAN Table 1)", "modes": 8, "hq_pct": 52.9},
+    ],
+    "grid25": [
+        {"experiment": "GAN (PacGAN Table 1)", "modes": 17.3, "hq_pct": 94.8, "rkl": 0.70},
+        {"experiment": "PacGAN4 (PacGAN Table 1)", "modes": 24.8, "hq_pct": 93.6, "rkl": 0.04},
+        {"experiment": "Unrolled GAN (VEEGAN Table 1)", "modes": 23.6, "hq_pct": 16},
+        {"experiment": "VEEGAN (VEEGAN Table 1)", "modes": 24.6, "hq_pct": 40},
+    ],
+    "digits": [
+        {"experiment": "uniform (BENCHMARKS.md, sklearn)", "test_bits_per_dim": 4.09},
+        {"experiment": "full Gaussian (BENCHMARKS.md, sklearn)", "test_bits_per_dim": 2.98},
+        {"experiment": "GMM k=5 (BENCHMARKS.md, sklearn)", "test_bits_per_dim": 2.74},
+        {"experiment": "GMM k=10 (BENCHMARKS.md, sklearn)", "test_bits_per_dim": 2.87},
+        {"experiment": "KDE bw=1.5 (BENCHMARKS.md, sklearn)", "test_bits_per_dim": 3.22},
+    ],
+}
+
+COLUMNS = {  # metric -> (header, lower is better?)
+    "modes": ("modes", False), "hq_pct": ("HQ %", False), "rkl": ("reverse KL", True),
+    "w1": ("W1", True), "w1_floor": ("W1 floor", True), "fd_pixel": ("FD (pixels)", True),
+    "kid_pixel": ("KID (pixels)", True), "class_coverage": ("class coverage", False),
+    "class_entropy_ratio": ("class entropy ratio", False), "test_bits_per_dim": ("test bits/dim", True),
+    "test_nll_nats": ("test NLL (nats)", True), "samples_per_s": ("samples/s", False),
+}
+
+
+def collect(root: Path) -> list[dict]:
+    rows = []
+    for path in sorted((root / "artifacts" / "eval").glob("*/metrics.json")):
+        row = json.loads(path.read_text())
+        row["_samples"] = path.parent / "samples.png"
+        rows.append(row)
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def tables(rows: list[dict]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """dataset -> (header, rows) with our experiments first, then the published references."""
+    out = {}
+    for dataset in sorted({r["dataset"] for r in rows}):
+        ours = [r for r in rows if r["dataset"] == dataset]
+        refs = REFERENCE.get(dataset, [])
+        cols = [c for c in COLUMNS if any(c in r for r in ours) or any(c in r for r in refs)]
+        header = ["experiment", "family", "source"] + [COLUMNS[c][0] for c in cols]
+        body = [[r["experiment"], r["family"], r.get("source", "")] + [_fmt(r.get(c)) for c in cols] for r in ours]
+        body += [[ref["experiment"], "published", ""] + [_fmt(ref.get(c)) for c in cols] for ref in refs]
+        out[dataset] = (header, body)
+    return out
+
+
+def markdown(tabs) -> str:
+    lines = ["# gm leaderboard", "",
+             "Ours on the test split of each dataset; published rows from BENCHMARKS.md below ours "
+             "(same definitions). Lower is better for W1, FD, KID, reverse KL and bits/dim.", ""]
+    for dataset, (header, body) in tabs.items():
+        lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def curves_plot(root: Path, out: Path) -> list[Path]:
+    """Validation curves of every training run and every tuning trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    runs = sorted((root / "artifacts" / "train").glob("*/history.json"))
+    if runs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for p in runs:
+            h = [r for r in json.loads(p.read_text()) if math.isfinite(r.get("val_score", math.inf))]
+            if h:
+                ax.plot([r["step"] for r in h], [r["val_score"] for r in h], marker=".", label=p.parent.name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation score (lower is better)")
+        ax.set_yscale("symlog")
+        ax.legend(fontsize=7)
+        ax.set_title("training curves")
+        fig.tight_layout()
+        fig.savefig(out / "training_curves.png", dpi=110)
+        plt.close(fig)
+        made.append(out / "training_curves.png")
+    for p in sorted((root / "artifacts" / "tune").glob("*/curves.json")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for trial, curve in json.loads(p.read_text()).items():
+            pts = [c for c in curve if c.get("val_score") is not None and math.isfinite(c["val_score"])]
+            ax.plot([c["step"] for c in pts], [c["val_score"] for c in pts], marker=".", label=trial)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation score")
+        ax.set_title(f"tuning curves: {p.parent.name} (stopped trials end early)")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        path = out / f"tuning_{p.parent.name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
+
+
+def html_page(tabs, rows: list[dict], plots: list[Path]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>gm leaderboard</title>",
+             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:360px;margin:4px}</style>",
+             "</head><body><h1>gm leaderboard</h1>"]
+    for dataset, (header, body) in tabs.items():
+        parts.append(f"<h2>{html.escape(dataset)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
+        parts.append("</table><div>")
+        parts += [_img(r["_samples"]) for r in rows if r["dataset"] == dataset and r["_samples"].is_file()]
+        parts.append("</div>")
+    if plots:
+        parts.append("<h2>training and tuning curves</h2>" + "".join(_img(p) for p in plots))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(root: Path, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(root)
+    if not rows:
+        raise FileNotFoundError(f"{root / 'artifacts' / 'eval'}: no metrics.json; run the evaluate stages first")
+    tabs = tables(rows)
+    (out / "leaderboard.md").write_text(markdown(tabs))
+    plots = curves_plot(root, out)
+    (out / "index.html").write_text(html_page(tabs, rows, plots))
+    flat = {r["experiment"]: {k: v for k, v in r.items() if k in COLUMNS} for r in rows}
+    write_json(out / "metrics.json", flat)
+    return flat

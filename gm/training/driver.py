@@ -1,0 +1,170 @@
+"""Driver side of training: Ray start-up, building the TorchTrainer, reading back its result.
+
+Only this side (the process that runs a pipeline stage) talks to MLflow; workers
+report through `ray.train.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gm.config import ExperimentConfig, RayParams
+from gm.data.io import data_spec
+from gm.training.loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def init_ray(params: RayParams, *, quiet: bool = True) -> None:
+    """Start (address 'local') or join ('auto', 'ray://...', 'host:port') a Ray cluster.
+
+    'local' always starts a fresh embedded Ray, never silently joining a cluster that
+    happens to run on this machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING if quiet else logging.INFO,
+                  log_to_driver=not quiet)
+    if params.address == "local":
+        ray.init(address="local", num_cpus=params.num_cpus, **kwargs)
+    else:
+        ray.init(address=params.address, **kwargs)
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+def storage_path(params: RayParams, repo_root: Path) -> str:
+    """Absolute checkpoint root; on a cluster `ray.storage_path` must name shared storage."""
+    if params.storage_path:
+        p = params.storage_path
+        return p if "://" in p else str((repo_root / p).resolve())
+    return str((repo_root / "artifacts" / "ray").resolve())
+
+
+def scaling_config(exp: ExperimentConfig):
+    from ray.train import ScalingConfig
+
+    s = exp.train.scaling
+    resources = {"CPU": s.cpus_per_worker}
+    if s.use_gpu:
+        resources["GPU"] = s.gpus_per_worker
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+
+
+def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, callbacks=None):
+    """A TorchTrainer for one experiment: Ray Data shards, best+latest checkpoints, failure recovery."""
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    data_dir = Path(data_dir).resolve()
+    spec = data_spec(data_dir)
+    train = ray.data.read_parquet(str(data_dir / "train.parquet"))
+    if exp.train.data_in_memory:
+        train = train.materialize()  # read once here; workers only split blocks already in the object store
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": exp.to_dict(), "spec": spec.to_dict(), "data_dir": str(data_dir)},
+        torch_config=TorchConfig(backend="nccl" if exp.train.scaling.use_gpu else "gloo"),
+        scaling_config=scaling_config(exp),
+        datasets={"train": train},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=exp.train.num_to_keep,
+                checkpoint_score_attribute="val_score",
+                checkpoint_score_order="min",
+            ),
+            failure_config=FailureConfig(max_failures=exp.train.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+
+
+@dataclass
+class TrainOutcome:
+    """What the driver needs after a fit: the best model on validation and the curves."""
+
+    best_model_dir: Path | None  # None when the run diverged before any checkpoint
+    best_metrics: dict
+    history: list[dict]
+    diverged: str | None
+    wall_seconds: float  # the whole fit() as the driver sees it
+    train_seconds: float  # optimizer steps only (rank 0)
+    worker_seconds: float  # rank 0's loop function from entry to return (steps, validation, checkpoints)
+    run_path: str
+    extra: dict = field(default_factory=dict)
+
+
+def best_checkpoint(result):
+    """(checkpoint, metrics) with the lowest val_score among the retained checkpoints."""
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_score") is not None]
+    if not ranked:
+        return None, {}
+    return min(ranked, key=lambda cm: cm[1]["val_score"])
+
+
+def outcome_from_result(result, wall_seconds: float, export_to: Path | None) -> TrainOutcome:
+    """Read a Train result: export the best checkpoint's model to `export_to`."""
+    ret = result.return_value or {}
+    ckpt, metrics = best_checkpoint(result)
+    best_dir = None
+    if ckpt is not None and export_to is not None:
+        export_to = Path(export_to)
+        if export_to.exists():
+            shutil.rmtree(export_to)
+        with ckpt.as_directory() as d:
+            shutil.copytree(Path(d) / "model", export_to)
+        best_dir = export_to
+    history = ret.get("history")
+    if history is None and result.metrics_dataframe is not None:  # rank 0 returned nothing
+        history = result.metrics_dataframe.to_dict("records")
+    return TrainOutcome(
+        best_model_dir=best_dir, best_metrics=dict(metrics), history=history or [],
+        diverged=ret.get("diverged"), wall_seconds=wall_seconds,
+        train_seconds=float(ret.get("train_seconds") or 0.0),
+        worker_seconds=float(ret.get("worker_seconds") or 0.0), run_path=result.path,
+    )
+
+
+def clear_run(storage: str, name: str) -> None:
+    """Remove a previous run of the same name: Ray Train V2 would otherwise resume it."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else Path(storage).as_uri())
+    target = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+        fs.delete_dir(target)
+
+
+def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, export_to: Path | None,
+        resume: bool = False) -> TrainOutcome:
+    """Train one experiment under Ray Train and export its best-on-validation model.
+
+    A fresh run unless `resume`: then an interrupted run of the same name continues
+    from its latest checkpoint (worker failures inside a run recover either way).
+    """
+    if not resume:
+        clear_run(storage, name)
+    trainer = make_trainer(exp, data_dir, storage, name)
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - t0
+    if result.error is not None:
+        raise RuntimeError(f"experiment {exp.name}: training failed: {result.error}") from result.error
+    return outcome_from_result(result, wall, export_to)

@@ -1,0 +1,277 @@
+"""The one training loop: `train_loop_per_worker` runs in every Ray Train worker.
+
+It rebuilds the experiment from plain config, pulls its Ray Data shard, steps the
+family's optimizer groups on their schedule, validates on rank 0 every
+`eval_every` steps and reports metrics with a checkpoint (model, optimizer state,
+step). On a restart after a failure it resumes from the latest checkpoint. A
+non-finite loss stops the run and is reported as a divergence, never checkpointed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gm.config import ExperimentConfig, TrainParams, build
+from gm.data.io import read_split
+from gm.data.spec import DataSpec
+from gm.models.base import Batch, GenerativeModel, build_model, load_model, save_model
+from gm.registry import MODELS
+from gm.training.validate import validation_scores
+
+
+class Diverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+def experiment_from_dict(d: dict) -> ExperimentConfig:
+    """Inverse of ExperimentConfig.to_dict (configs cross process boundaries as plain data)."""
+    import gm.models  # noqa: F401
+
+    family = MODELS.get_or_fail(d["family"])
+    return ExperimentConfig(
+        name=d["name"], family=d["family"], dataset=d["dataset"],
+        model=build(family.config_cls, d["model"], f"experiments.{d['name']}.model"),
+        train=build(TrainParams, d["train"], f"experiments.{d['name']}.train"),
+    )
+
+
+# ------------------------------------------------------------------------------- data
+
+
+class BatchStream:
+    """An endless stream of (x, y) numpy batches from one worker's shard.
+
+    In memory (small data such as digits or toys): the shard is pulled once and
+    reshuffled every epoch. Streaming (large data): each epoch iterates the Ray Data
+    shard again with a local shuffle buffer.
+    """
+
+    def __init__(self, shard, shape: tuple[int, ...], batch_size: int, in_memory: bool, seed: int):
+        self.shard, self.shape, self.batch_size = shard, shape, batch_size
+        self.in_memory = in_memory
+        self.rng = np.random.default_rng(seed)
+        self._cache = pull_all(shard, shape) if in_memory else None
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        from gm.data.io import arrow_to_numpy
+
+        while True:
+            if self._cache is not None:
+                x, y = self._cache
+                n = len(x)
+                if n < self.batch_size:
+                    raise ValueError(f"shard has {n} rows, fewer than batch_size {self.batch_size}")
+                order = self.rng.permutation(n)
+                for i in range(0, n - self.batch_size + 1, self.batch_size):
+                    idx = order[i:i + self.batch_size]
+                    yield x[idx], (y[idx] if y is not None else None)
+            else:
+                for table in self.shard.iter_batches(
+                    batch_size=self.batch_size, batch_format="pyarrow", drop_last=True,
+                    local_shuffle_buffer_size=10 * self.batch_size,
+                    local_shuffle_seed=int(self.rng.integers(2**31)),
+                ):
+                    yield arrow_to_numpy(table, self.shape)
+
+
+def pull_all(shard, shape) -> tuple[np.ndarray, np.ndarray | None]:
+    """Materialise a whole Ray Data shard (or dataset) as numpy arrays."""
+    import pyarrow as pa
+
+    from gm.data.io import arrow_to_numpy
+
+    tables = list(shard.iter_batches(batch_size=8192, batch_format="pyarrow"))
+    return arrow_to_numpy(pa.concat_tables(tables), shape)
+
+
+# ------------------------------------------------------------------------- distribution
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def sync_initial_state(model: torch.nn.Module) -> None:
+    """Every worker starts from rank 0's weights."""
+    if world()[1] > 1:
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params) -> None:
+    """Data parallelism by hand: all-reduce the gradients of the group being stepped.
+
+    DDP assumes one forward/backward per step over every parameter; adversarial
+    schedules step disjoint groups several times per iteration, so we reduce
+    exactly the group we are about to step.
+    """
+    rank, size = world()
+    if size == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad /= size
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every worker (so all of them stop together)."""
+    ok = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if world()[1] > 1:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
+# ------------------------------------------------------------------------- the step loop
+
+
+class Stepper:
+    """Runs the family's step schedule: for each group, `repeats` optimizer steps."""
+
+    def __init__(self, model: GenerativeModel, spec: DataSpec, device: torch.device, generator: torch.Generator):
+        self.model, self.spec, self.device, self.generator = model, spec, device, generator
+        self.groups = model.step_groups()
+        self.optimizers = [g.make_optimizer() for g in self.groups]
+
+    def to_batch(self, xy) -> Batch:
+        x, y = xy
+        x = torch.from_numpy(x).to(self.device)
+        x = self.spec.to_model(x, generator=self.generator)
+        return Batch(x=x, y=torch.from_numpy(y).to(self.device) if y is not None else None)
+
+    def iteration(self, batches: Iterator, step: int) -> dict[str, float]:
+        logs: dict[str, float] = {}
+        self.model.train()
+        for group, opt in zip(self.groups, self.optimizers):
+            for _ in range(group.repeats):
+                out = self.model.loss(self.to_batch(next(batches)), group.name)
+                if not all_finite(out.loss):
+                    raise Diverged(f"step {step}: loss of group {group.name!r} is {out.loss.item()}")
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                average_gradients(group.params)
+                opt.step()
+                self.model.after_step(group.name)
+            logs[f"loss_{group.name}"] = float(out.loss.detach())
+            logs.update(out.logs)
+        return logs
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+
+
+def run_steps(stepper: Stepper, batches: Iterator, start: int, stop: int) -> tuple[dict, float]:
+    """Steps [start, stop); returns the last logs and the seconds spent stepping."""
+    t0 = time.perf_counter()
+    logs: dict = {}
+    for step in range(start, stop):
+        logs = stepper.iteration(batches, step)
+    return logs, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def write_checkpoint(directory: Path, model, stepper: Stepper, step: int, metrics: dict, best: float) -> None:
+    save_model(model, directory / "model")
+    torch.save({"step": step, "best": best, **stepper.state_dict()}, directory / "state.pt")
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+
+
+def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, float]:
+    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(load_model(directory / "model").state_dict())
+    stepper.load_state_dict(state)
+    return int(state["step"]), float(state["best"])
+
+
+# ----------------------------------------------------------------------- worker entry
+
+
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train worker function. `config`: {"experiment": ExperimentConfig.to_dict(), "spec": DataSpec dict}."""
+    import ray.train
+
+    entered = time.perf_counter()
+    exp = experiment_from_dict(config["experiment"])
+    spec = DataSpec.from_dict(config["spec"])
+    tp = exp.train
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    device = torch.device("cuda" if tp.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        from ray.train.torch import get_device
+
+        device = get_device()
+
+    torch.manual_seed(tp.seed)  # identical initial weights on every rank (then broadcast to be sure)
+    model = build_model(exp.family, exp.model, spec).to(device)
+    sync_initial_state(model)
+    torch.manual_seed(tp.seed + 1000 * rank + 1)  # different noise per rank
+    generator = torch.Generator(device=device).manual_seed(tp.seed + 1000 * rank + 2)
+    stepper = Stepper(model, spec, device, generator)
+
+    start, best, resumed_from = 0, math.inf, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start, best = read_checkpoint(Path(d), model, stepper)
+        resumed_from = start
+
+    shard = ray.train.get_dataset_shard("train")
+    batches = iter(BatchStream(shard, spec.shape, tp.batch_size, tp.data_in_memory, tp.seed + 7919 * rank + start))
+    # validation runs whole on rank 0, read straight from the prepared split (small by construction)
+    val = read_split(config["data_dir"], "val") if rank == 0 else None
+
+    history: list[dict] = []
+    step = start
+    train_seconds = 0.0
+    while step < tp.steps:
+        stop = min(tp.steps, (step // tp.eval_every + 1) * tp.eval_every)
+        if tp.fail_once_at_step and resumed_from is None and step < tp.fail_once_at_step <= stop:
+            run_steps(stepper, batches, step, tp.fail_once_at_step)
+            raise RuntimeError(f"injected failure at step {tp.fail_once_at_step} (train.fail_once_at_step)")
+        try:
+            logs, seconds = run_steps(stepper, batches, step, stop)
+        except Diverged as e:
+            metrics = {"step": step, "diverged": 1.0, "val_score": math.inf}
+            ray.train.report(metrics)
+            return {"history": history, "diverged": str(e), "train_seconds": train_seconds,
+                    "worker_seconds": time.perf_counter() - entered}
+        train_seconds += seconds
+        metrics = {"step": stop, "diverged": 0.0, "train_seconds": train_seconds,
+                   "steps_per_s": (stop - step) / seconds if seconds else 0.0,
+                   **{k: float(v) for k, v in logs.items()}}
+        step = stop
+        if resumed_from is not None:
+            metrics["resumed_from_step"] = resumed_from
+        if rank == 0:
+            model.eval()
+            metrics.update(validation_scores(model, spec, val[0], tp.val_samples, seed=tp.seed))
+            best = min(best, metrics["val_score"])
+            metrics["best_val_score"] = best
+            history.append(metrics)
+            with tempfile.TemporaryDirectory() as d:
+                write_checkpoint(Path(d), model, stepper, step, metrics, best)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                 checkpoint_dir_name=f"checkpoint_{step:08d}")
+        else:
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_{step:08d}")
+    return {"history": history, "diverged": None, "train_seconds": train_seconds,
+            "worker_seconds": time.perf_counter() - entered}

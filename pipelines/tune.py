@@ -1,0 +1,119 @@
+"""DVC stage `tune@<sweep>`: Ray Tune sweep -> best config and model, nested MLflow runs, registry.
+
+Usage: python -m pipelines.tune <sweep> [--resume]   (from the repository root)
+Writes artifacts/tune/<sweep>/{best.json, trials.parquet, model/}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from gm import stage, tracking
+from gm.config import to_dict
+from gm.files import write_json
+from gm.models.base import load_model
+from gm.training.driver import best_checkpoint, init_ray, storage_path
+from gm.training.validate import validation_metric
+from tune.driver import METRIC, run_sweep, trial_run_name
+from tune.sweep import apply_overrides
+
+
+def export_trial_model(storage: str, trial_id: str, dest: Path) -> dict:
+    """Copy the best-on-validation checkpoint of a trial's Train run to `dest`; returns its metrics."""
+    from ray.train import Result
+
+    result = Result.from_path(f"{storage.rstrip('/')}/{trial_run_name(trial_id)}")
+    ckpt, metrics = best_checkpoint(result)
+    if ckpt is None:
+        raise stage.StageError(f"trial {trial_id}: no checkpoint to export")
+    if dest.exists():
+        shutil.rmtree(dest)
+    with ckpt.as_directory() as d:
+        shutil.copytree(Path(d) / "model", dest)
+    return metrics
+
+
+def trial_rows(grid) -> list[dict]:
+    rows = []
+    for r in grid:
+        df = r.metrics_dataframe
+        scores = df[METRIC] if df is not None and METRIC in df else pd.Series(dtype=float)
+        rows.append({
+            "trial_id": str(r.metrics.get("trial_id", Path(r.path).name)) if r.metrics else Path(r.path).name,
+            **{f"config.{k}": v for k, v in (r.config or {}).items()},
+            "best_val_score": float(scores.min()) if len(scores) else math.inf,
+            "last_step": int(df["step"].max()) if df is not None and "step" in df else 0,
+            "reports": int(len(df)) if df is not None else 0,
+            "status": "error" if r.error is not None else "ok",
+            "error": str(r.error).splitlines()[0][:300] if r.error is not None else "",
+            "curve": df[["step", METRIC]].to_dict("records") if df is not None and METRIC in df else [],
+        })
+    return rows
+
+
+def tune_sweep(name: str, root: Path, resume: bool = False) -> dict:
+    params = stage.params(root)
+    if name not in params.sweeps:
+        raise stage.StageError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(params.sweeps)}")
+    sweep = params.sweeps[name]
+    exp = params.experiment(sweep.experiment)
+    data_dir = stage.prepared_dir(exp.dataset, root)
+    out = root / "artifacts" / "tune" / name
+    storage = storage_path(params.ray, root)
+    init_ray(params.ray)
+    tracking.setup(params.mlflow, root)
+    tags = tracking.stage_tags("tune", name, root, exp.dataset, **{"gm.family": exp.family})
+    with tracking.run(f"tune/{name}", tags) as parent:
+        tracking.log_params({"sweep": to_dict(sweep), "experiment": exp.to_dict()})
+        result = run_sweep(sweep, exp, data_dir, storage, f"tune-{name}", resume=resume)
+        rows = trial_rows(result.grid)
+        for row in rows:  # one nested run per trial, written by this driver only
+            with tracking.run(f"trial/{row['trial_id']}", {**tags, "gm.trial_id": row["trial_id"],
+                                                           "gm.trial_status": row["status"]},
+                              parent_run_id=parent.info.run_id):
+                tracking.log_params({k: v for k, v in row.items() if k.startswith("config.")})
+                tracking.log_history(row["curve"])
+                tracking.log_metrics({"best_val_score": row["best_val_score"], "reports": row["reports"]})
+                if row["error"]:
+                    import mlflow
+
+                    mlflow.set_tag("gm.failure_reason", row["error"])
+        best_metrics = export_trial_model(storage, result.best_trial_id, out / "model")
+        model = load_model(out / "model")
+        metric = validation_metric(model, model.data)
+        best = {
+            "sweep": name, "experiment": exp.name, "trial_id": result.best_trial_id,
+            "overrides": result.best_overrides, "val_score": result.best_score, "val_metric": metric,
+            "best_step": int(best_metrics.get("step", 0)), "concurrency": result.concurrency,
+            "config": apply_overrides(exp.to_dict(), result.best_overrides),
+        }
+        tracking.log_metrics({"best_val_score": result.best_score, "trials": len(rows)})
+        version = tracking.register_model(out / "model", exp.family, exp.dataset, result.best_score, metric,
+                                          model.likelihood, {"gm.source": "tune", "gm.sweep": name,
+                                                             "gm.trial_id": result.best_trial_id})
+        best["registered_version"] = version
+        write_json(out / "best.json", best)
+        table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
+        table.to_parquet(out / "trials.parquet", index=False)
+        write_json(out / "curves.json", {r["trial_id"]: r["curve"] for r in rows})
+    return best
+
+
+@stage.entry
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sweep")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    args = p.parse_args(argv)
+    b = tune_sweep(args.sweep, stage.root(), resume=args.resume)
+    print(f"tuned {args.sweep}: best {b['val_metric']} {b['val_score']:.4f} with {b['overrides']} "
+          f"(trial {b['trial_id']}), registered v{b['registered_version']}")
+
+
+if __name__ == "__main__":
+    main()

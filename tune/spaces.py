@@ -1,0 +1,43 @@
+"""Default search spaces, one per family, keyed by the model registry's names.
+
+Keys are dotted paths into an experiment's config (`model.<field>` or `train.<field>`);
+values are domains in the same form params.yaml uses (see tune.sweep.DOMAINS).
+"""
+
+from gm.registry import register_space
+
+
+@register_space("gan")
+def gan_space() -> dict:
+    return {
+        "model.lr_gen": {"loguniform": [5e-5, 1e-3]},
+        "model.lr_disc": {"loguniform": [5e-5, 1e-3]},
+        "model.hidden": {"choice": [64, 128, 256]},
+    }
+
+
+@register_space("wgan_gp")
+def wgan_gp_space() -> dict:
+    return {
+        "model.gp_weight": {"loguniform": [0.1, 100.0]},  # the paper's λ = 10 sits mid-range
+        "model.lr_critic": {"loguniform": [3e-5, 1e-3]},
+        "model.n_critic": {"choice": [1, 3, 5]},
+    }
+
+
+@register_space("vae")
+def vae_space() -> dict:
+    return {
+        "model.beta": {"loguniform": [0.1, 4.0]},  # β < 1 trades KL for reconstruction (β-VAE)
+        "model.z_dim": {"choice": [4, 8, 16]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("realnvp")
+def realnvp_space() -> dict:
+    return {
+        "model.n_layers": {"choice": [4, 8, 12]},
+        "model.hidden": {"choice": [64, 128, 256]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }

@@ -1,0 +1,102 @@
+"""Sweep definitions from params.yaml (`tune.sweeps.<name>`), validated before Ray starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from gm.config import ConfigError, ExperimentConfig, build, spec
+from gm.registry import SPACES
+
+# domain name -> (number of arguments, or None for a list, Ray Tune constructor name)
+DOMAINS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None, "grid": None}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    experiment: str  # the experiment whose config the trials start from
+    num_samples: int = spec(4, gt=0)  # trials (times the grid, if any)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = spec(1, gt=0)  # ASHA: reports (of train.eval_every steps) before a trial may stop
+    reduction_factor: int = spec(2, gt=1)
+    max_concurrent_trials: int | None = spec(None, gt=0)  # None: as many as the cluster's CPUs/GPUs allow
+    trial_driver_cpus: float = spec(0.0, ge=0)  # the trial function only launches the TorchTrainer
+    seed: int = 0
+    space: dict | None = None  # dotted key -> domain; None: the family's default space (tune/spaces.py)
+
+
+def _field_of(exp: ExperimentConfig, key: str, where: str):
+    section, _, name = key.partition(".")
+    target = {"model": exp.model, "train": exp.train}.get(section)
+    fields = {f.name: f for f in dataclasses.fields(target)} if target is not None else {}
+    if target is None or name not in fields:
+        raise ConfigError(f"{where}: unknown knob {key!r}; expected model.<field> or train.<field> "
+                          f"of experiment {exp.name!r}")
+    return target, fields[name]
+
+
+def check_space(space: Mapping, exp: ExperimentConfig, where: str) -> dict:
+    """Every knob names a real field, every domain is well formed and inside the field's bounds."""
+    out = {}
+    for key, domain in space.items():
+        at = f"{where}.{key}"
+        target, f = _field_of(exp, key, at)
+        if not isinstance(domain, Mapping) or len(domain) != 1 or next(iter(domain)) not in DOMAINS:
+            raise ConfigError(f"{at}: expected one of {{{', '.join(DOMAINS)}: ...}}, got {domain!r}")
+        kind, args = next(iter(domain.items()))
+        arity = DOMAINS[kind]
+        if not isinstance(args, (list, tuple)) or not args or (arity and len(args) != arity):
+            raise ConfigError(f"{at}.{kind}: expected a list of {arity or 'one or more'} values, got {args!r}")
+        if arity and not args[0] < args[1]:
+            raise ConfigError(f"{at}.{kind}: expected low < high, got {args!r}")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ConfigError(f"{at}.loguniform: expected positive bounds, got {args!r}")
+        values = list(args) if arity is None else [args[0], args[1] if kind != "randint" else args[1] - 1]
+        for v in values:  # each value must build a valid config
+            try:
+                build(type(target), {**dataclasses.asdict(target), f.name: v}, at)
+            except ConfigError as e:
+                raise ConfigError(f"{at}: value {v!r} is out of range ({str(e).split(': ', 1)[-1]})") from None
+        out[key] = {kind: list(args)}
+    return out
+
+
+def build_sweep(name: str, raw: Mapping, experiments: Mapping[str, ExperimentConfig]) -> SweepConfig:
+    import tune.spaces  # noqa: F401  (fills SPACES)
+
+    where = f"tune.sweeps.{name}"
+    sweep = build(SweepConfig, raw, where)
+    if sweep.experiment not in experiments:
+        raise ConfigError(f"{where}.experiment: unknown experiment {sweep.experiment!r}; "
+                          f"expected one of: {', '.join(experiments)}")
+    exp = experiments[sweep.experiment]
+    space = sweep.space
+    if space is None:
+        if exp.family not in SPACES:
+            raise ConfigError(f"{where}.space: family {exp.family!r} has no default search space "
+                              f"(tune/spaces.py); give one here")
+        space = SPACES[exp.family]()
+    if not space:
+        raise ConfigError(f"{where}.space: expected at least one knob")
+    return dataclasses.replace(sweep, space=check_space(space, exp, f"{where}.space"))
+
+
+def to_tune_domain(domain: Mapping) -> Any:
+    from ray import tune
+
+    kind, args = next(iter(domain.items()))
+    if kind == "grid":
+        return tune.grid_search(list(args))
+    if kind == "choice":
+        return tune.choice(list(args))
+    return getattr(tune, kind)(*args)
+
+
+def apply_overrides(exp_dict: dict, overrides: Mapping[str, Any]) -> dict:
+    """ExperimentConfig.to_dict() with dotted `model.x` / `train.y` values replaced."""
+    out = {**exp_dict, "model": dict(exp_dict["model"]), "train": dict(exp_dict["train"])}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        out[section][name] = value
+    return out
