@@ -28,7 +28,7 @@ data: $(STAMP)
 	$(BIN)/gm data init
 
 run: data
-	$(BIN)/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BIN)/dvc repro
 	@echo
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 

@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     s.add_argument("--out", default="samples.npy")
     s.set_defaults(fn=cmd_sample)
     args = parser.parse_args(argv)
-    stage.entry(lambda _: args.fn(args))(None)
+    stage.guarded(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 
 from gm.config import ConfigError, Params, load_params
@@ -33,16 +34,32 @@ def prepared_dir(dataset: str, at: Path | None = None) -> Path:
     return d
 
 
+def guarded(call):
+    """Run `call()`; user errors print `error: <message>` and exit 2, no traceback."""
+    try:
+        return call()
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+
 def entry(fn):
-    """Wrap a stage's main(): user errors print `error: <message>` and exit 2, no traceback."""
+    """A stage's main(): guarded, and its wall time recorded for `make bench`."""
 
     @functools.wraps(fn)
     def main(argv=None):
-        try:
-            return fn(argv)
-        except USER_ERRORS as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
+        started = time.time()
+        out = guarded(lambda: fn(argv))
+        record_time(fn.__module__, argv if argv is not None else sys.argv[1:], started)
+        return out
 
     return main
+
+def record_time(module: str, args, started: float) -> None:
+    """artifacts/timings/<stage>.json: wall time of a successful stage (read by `make bench`)."""
+    from gm.files import write_json
+
+    label = module.rsplit(".", 1)[-1] + "".join(f"@{a}" for a in args if not str(a).startswith("-"))
+    write_json(root() / "artifacts" / "timings" / f"{label}.json",
+               {"stage": label, "started": started, "seconds": time.time() - started})

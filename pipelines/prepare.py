@@ -6,10 +6,10 @@ Usage: python -m pipelines.prepare <dataset-name>   (run from the repository roo
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from gm.config import ConfigError, load_params
+from gm import stage
+from gm.config import ConfigError
 from gm.data.io import write_splits
 from gm.data.sources import source_hash
 
@@ -24,29 +24,26 @@ def prepare(name: str, source_cfg, repo_root: Path, out_root: Path, seed: int,
                         source_hash=source_hash(source_cfg, info, repo_root, seed), name=name)
 
 
-def main(argv: list[str] | None = None) -> int:
+@stage.entry
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="a name under data.datasets in params.yaml")
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="artifacts/prepared", help="parent folder of the prepared dataset")
     args = parser.parse_args(argv)
-    where = ""  # once params are valid, errors are prefixed with the params.yaml entry to fix
+    root = stage.root()
+    params = stage.params(root)
+    if args.dataset not in params.datasets:
+        raise ConfigError(f"data.datasets.{args.dataset}: no such dataset; expected one of: "
+                          f"{', '.join(params.datasets)}")
     try:
-        params = load_params(args.params)
-        if args.dataset not in params.datasets:
-            raise ConfigError(f"data.datasets.{args.dataset}: no such dataset; expected one of: "
-                              f"{', '.join(params.datasets)}")
-        where = f"data.datasets.{args.dataset}: "
-        meta = prepare(args.dataset, params.datasets[args.dataset], Path("."), Path(args.out),
+        meta = prepare(args.dataset, params.datasets[args.dataset], root, root / args.out,
                        params.data_seed, params.val_fraction, params.test_fraction)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {where}{e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # name the params entry to fix
+        raise type(e)(f"data.datasets.{args.dataset}: {e}") from None
     n = meta["n"]
     print(f"prepared {args.dataset}: train {n['train']}, val {n['val']}, test {n['test']} "
           f"-> {Path(args.out) / args.dataset}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

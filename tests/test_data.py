@@ -450,6 +450,10 @@ def test_too_few_samples(tmp_path):
 
 def test_stage_main_reports_errors_without_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert stage.main(["digits"]) == 2
+    monkeypatch.delenv("GM_ROOT", raising=False)
+    with pytest.raises(SystemExit) as e:
+        stage.main(["digits"])
+    assert e.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: params.yaml: file not found") and "Traceback" not in err
+    assert err.startswith(f"error: {tmp_path}/params.yaml: file not found") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -108,7 +108,7 @@ class TrainOutcome:
     train_seconds: float  # optimizer steps only (rank 0)
     worker_seconds: float  # rank 0's loop function from entry to return (steps, validation, checkpoints)
     run_path: str
-    extra: dict = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)  # Ray node of each rank
 
 
 def best_checkpoint(result):
@@ -139,6 +139,7 @@ def outcome_from_result(result, wall_seconds: float, export_to: Path | None) -> 
         diverged=ret.get("diverged"), wall_seconds=wall_seconds,
         train_seconds=float(ret.get("train_seconds") or 0.0),
         worker_seconds=float(ret.get("worker_seconds") or 0.0), run_path=result.path,
+        nodes=list(ret.get("nodes") or []),
     )
 
 

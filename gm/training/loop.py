@@ -102,6 +102,18 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def gather_nodes() -> list[str]:
+    """The Ray node id of every rank (to see where a run was placed)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if world()[1] == 1:
+        return [node]
+    out: list = [None] * world()[1]
+    dist.all_gather_object(out, node)
+    return out
+
+
 def sync_initial_state(model: torch.nn.Module) -> None:
     """Every worker starts from rank 0's weights."""
     if world()[1] > 1:
@@ -227,6 +239,7 @@ def train_loop_per_worker(config: dict) -> dict:
     generator = torch.Generator(device=device).manual_seed(tp.seed + 1000 * rank + 2)
     stepper = Stepper(model, spec, device, generator)
 
+    nodes = gather_nodes()
     start, best, resumed_from = 0, math.inf, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -253,7 +266,7 @@ def train_loop_per_worker(config: dict) -> dict:
             metrics = {"step": step, "diverged": 1.0, "val_score": math.inf}
             ray.train.report(metrics)
             return {"history": history, "diverged": str(e), "train_seconds": train_seconds,
-                    "worker_seconds": time.perf_counter() - entered}
+                    "worker_seconds": time.perf_counter() - entered, "nodes": nodes}
         train_seconds += seconds
         metrics = {"step": stop, "diverged": 0.0, "train_seconds": train_seconds,
                    "steps_per_s": (stop - step) / seconds if seconds else 0.0,
@@ -274,4 +287,4 @@ def train_loop_per_worker(config: dict) -> dict:
         else:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_{step:08d}")
     return {"history": history, "diverged": None, "train_seconds": train_seconds,
-            "worker_seconds": time.perf_counter() - entered}
+            "worker_seconds": time.perf_counter() - entered, "nodes": nodes}

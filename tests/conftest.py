@@ -1,0 +1,95 @@
+"""Shared test helpers: a tiny pipeline profile and a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tiny_params(**overrides) -> dict:
+    """A profile small enough for CI: real Ray/MLflow/DVC, seconds of training per experiment."""
+    params = {
+        "ray": {"address": "local", "num_cpus": 2},
+        "mlflow": {"experiment": "gm-test"},
+        "data": {
+            "seed": 0, "val_fraction": 0.1, "test_fraction": 0.2,
+            "datasets": {
+                "ring8": {"source": "ring8", "n": 3000},
+                "digits": {"source": "digits", "path": "data/digits/digits.csv.gz"},
+            },
+        },
+        "train": {"steps": 60, "batch_size": 64, "eval_every": 30, "val_samples": 300,
+                  "scaling": {"num_workers": 1}},
+        "experiments": {
+            "wgan_gp-ring8": {"family": "wgan_gp", "dataset": "ring8",
+                              "model": {"z_dim": 2, "hidden": 32, "depth": 2, "n_critic": 2}},
+            "vae-digits": {"family": "vae", "dataset": "digits",
+                           "model": {"z_dim": 4, "hidden": 32, "depth": 1, "iwae_k": 8}},
+        },
+        "tune": {"sweeps": {"vae-digits": {"experiment": "vae-digits", "num_samples": 2,
+                                           "space": {"model.beta": {"choice": [0.5, 2.0]}}}}},
+        "evaluate": {"n_samples": 500, "iwae_k": 16},
+    }
+    for key, value in overrides.items():
+        params[key] = value
+    return params
+
+
+def env_for(root: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env["GM_ROOT"] = str(root)
+    return env
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked files of this checkout (as a fresh clone would have them), in `dest`, as a git repo."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture
+def tmp_repo(tmp_path) -> Path:
+    return copy_repo(tmp_path / "repo")
+
+
+def write_params(root: Path, params: dict) -> Path:
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """A root with tiny prepared datasets (artifacts/prepared/<name>) and params.yaml."""
+    from gm.config import parse_params
+    from gm.data.bootstrap import materialise_default_data
+    from pipelines.prepare import prepare
+
+    root = tmp_path_factory.mktemp("prepared")
+    materialise_default_data(root)
+    raw = tiny_params()
+    write_params(root, raw)
+    params = parse_params(raw, root / "params.yaml")
+    for name, src in params.datasets.items():
+        prepare(name, src, root, root / "artifacts" / "prepared", params.data_seed, params.val_fraction,
+                params.test_fraction)
+    return root
