@@ -12,8 +12,30 @@ from gm import stage
 def cmd_data_init(args) -> None:
     from gm.data.bootstrap import materialise_default_data
 
-    written = materialise_default_data(Path(args.root))
+    root = Path(args.root).resolve()
+    written = materialise_default_data(root)
     print("data/: " + (", ".join(str(p) for p in written) + " written" if written else "already present"))
+    cache_data(root)
+
+
+def cache_data(root: Path) -> None:
+    """Put data/ into the DVC cache when it is exactly what data.dvc records (a fresh clone).
+
+    `dvc commit -f` rewrites data.dvc only if the hash differs; then the user's data/
+    is not the committed version: we restore data.dvc and say so instead of versioning it.
+    """
+    import subprocess
+
+    dvc_file = root / "data.dvc"
+    if not dvc_file.is_file() or not (root / ".dvc").is_dir():
+        return
+    before = dvc_file.read_bytes()
+    dvc = Path(sys.executable).with_name("dvc")
+    subprocess.run([str(dvc) if dvc.exists() else "dvc", "commit", "-f", "-q", "data.dvc"], cwd=root, check=True)
+    if dvc_file.read_bytes() != before:
+        dvc_file.write_bytes(before)
+        print("warning: data/ differs from data.dvc; `dvc checkout data.dvc` restores the committed data, "
+              "`dvc add data` versions yours", file=sys.stderr)
 
 
 def cmd_check(args) -> None:

@@ -296,6 +296,7 @@ class Params:
     experiments: dict  # name -> ExperimentConfig
     sweeps: dict  # name -> tune.SweepConfig
     evaluate: Any
+    featurize: Any  # gm.featurizer.FeaturizerConfig
     path: Path
 
     def experiment(self, name: str) -> ExperimentConfig:
@@ -304,12 +305,13 @@ class Params:
         return self.experiments[name]
 
 
-TOP_LEVEL = ("ray", "mlflow", "data", "train", "experiments", "tune", "evaluate")
+TOP_LEVEL = ("ray", "mlflow", "data", "featurize", "train", "experiments", "tune", "evaluate")
 
 
 def parse_params(raw: Mapping, path: Path = Path("params.yaml")) -> Params:
     from gm.data.sources import build_source
     from gm.evaluation import EvaluateParams
+    from gm.featurizer import FeaturizerConfig
     from tune.sweep import build_sweep
 
     if not isinstance(raw, Mapping):
@@ -355,10 +357,11 @@ def parse_params(raw: Mapping, path: Path = Path("params.yaml")) -> Params:
     sweeps = {n: build_sweep(n, s, experiments) for n, s in sweeps_raw.items()}
 
     evaluate = build(EvaluateParams, raw.get("evaluate"), "evaluate")
+    featurize = build(FeaturizerConfig, raw.get("featurize"), "featurize")
     return Params(
         raw=dict(raw), ray=ray_p, mlflow=mlflow_p, datasets=datasets, data_seed=seed,
         val_fraction=val_fraction, test_fraction=test_fraction, experiments=experiments,
-        sweeps=sweeps, evaluate=evaluate, path=Path(path),
+        sweeps=sweeps, evaluate=evaluate, featurize=featurize, path=Path(path),
     )
 
 

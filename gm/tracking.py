@@ -39,6 +39,7 @@ def setup(params: MlflowParams, root: Path) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     import mlflow
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay readable
     uri = tracking_uri(params, root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -176,10 +177,14 @@ def register_model(model_dir: Path, family: str, dataset: str, score: float, met
     Returns the new version; the `champion` alias moves to it only when it beats the
     current champion on the validation score (lower is better), recorded as a tag.
     """
+    import warnings
+
     import mlflow
 
     from gm.serving import GMSampler
 
+    # requests are dicts ({"n": ...} or {"log_prob": ...}), which MLflow's type-hint validation cannot express
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     name = registered_name(family, dataset)
     gm_dir = Path(__file__).resolve().parent
     info = mlflow.pyfunc.log_model(
@@ -193,13 +198,11 @@ def register_model(model_dir: Path, family: str, dataset: str, score: float, met
         metadata={"family": family, "dataset": dataset, "likelihood": likelihood or "none"},
     )
     version = int(info.registered_model_version)
-    client = mlflow.tracking.MlflowClient()
     tags = {"gm.val_score": repr(float(score)), "gm.val_metric": metric, "gm.family": family,
             "gm.dataset": dataset,
             "gm.log_prob": {"exact": "exact", "bound": "lower bound (IWAE)"}.get(likelihood or "", "none"),
             **(extra_tags or {})}
-    for k, v in tags.items():
-        client.set_model_version_tag(name, str(version), k, str(v))
+    tag_version(name, version, tags)
     promote_if_better(name, version, score)
     return version
 

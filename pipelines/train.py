@@ -7,6 +7,7 @@ Writes artifacts/train/<experiment>/{model/, metrics.json, history.json}.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from gm import stage, tracking
@@ -31,8 +32,9 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
                       export_to=out / "model", resume=resume)
         tracking.log_history(outcome.history)
         write_json(out / "history.json", outcome.history)
-        if outcome.diverged or outcome.best_model_dir is None:
-            reason = outcome.diverged or "no checkpoint was reported"
+        score = float(outcome.best_metrics.get("val_score", math.inf))
+        if outcome.diverged or outcome.best_model_dir is None or not math.isfinite(score):
+            reason = outcome.diverged or "no checkpoint with a finite validation score"
             import mlflow
 
             mlflow.set_tag("gm.failure_reason", reason)
@@ -40,7 +42,6 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
                                    f"lower the learning rate in experiments.{name}.model")
         model = load_model(outcome.best_model_dir)
         metric = validation_metric(model, model.data)
-        score = float(outcome.best_metrics["val_score"])
         summary = {
             "val_score": score, metric: score, "best_step": int(outcome.best_metrics["step"]),
             "wall_seconds": outcome.wall_seconds, "train_seconds": outcome.train_seconds,

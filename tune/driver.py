@@ -73,7 +73,10 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    trial_fn = tune.with_resources(make_trial_fn(exp, data_dir, storage), {"cpu": sweep.trial_driver_cpus})
+    # The trial function only drives a TorchTrainer: it holds no CPU by default, so the CPUs go to
+    # Train workers (2 cores run 2 one-worker trials). Ray refuses an empty bundle: ask for a little memory.
+    trial_fn = tune.with_resources(make_trial_fn(exp, data_dir, storage),
+                                   {"cpu": sweep.trial_driver_cpus, "memory": 64 * 2**20})
     path = f"{storage.rstrip('/')}/{name}"
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trial_fn, resume_unfinished=True, restart_errored=False)

@@ -2,6 +2,7 @@
 
 from gm.metrics.images import class_metrics, fd, frechet_distance, kid, pixel_scores
 from gm.metrics.likelihood import bits_per_dim, data_space_log_prob
+from gm.metrics.prdc import prdc
 from gm.metrics.toy import mode_metrics, toy_report, w1, w1_noise_floor
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "kid",
     "mode_metrics",
     "pixel_scores",
+    "prdc",
     "toy_report",
     "w1",
     "w1_noise_floor",

@@ -33,8 +33,9 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING if quiet else logging.INFO,
-                  log_to_driver=not quiet)
+    # The dashboard serves Ray's state API, which Train V2's placement-group cleaner needs to free
+    # the workers of a trial that Tune stops early (ray-project/ray#54305): keep it on.
+    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
     if params.address == "local":
         ray.init(address="local", num_cpus=params.num_cpus, **kwargs)
     else:
