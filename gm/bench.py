@@ -1,13 +1,16 @@
 """Benchmarks that print figures (never timed tests).
 
-    python -m gm.bench [--experiment wgan_gp-grid25] [--steps 1000] [--repeats 2]
+    python -m gm.bench [stages|ray|eval|all] [--experiment E] [--steps 1000] [--repeats 2]
+                       [--eval-experiment gan-digits] [--eval-samples 10000]
 
-1. Per-stage wall time of the last pipeline run (recorded by every stage in
+1. stages: per-stage wall time of the last pipeline run (recorded by every stage in
    artifacts/timings/).
-2. Ray Train overhead: the same step loop (same model, data, batch size, threads)
+2. ray: Ray Train overhead: the same step loop (same model, data, batch size, threads)
    in a bare process and under Ray Train with one worker, as steps/s and their
    ratio, plus the seconds Ray spends outside the loop (worker start-up, data
    shards, teardown).
+3. eval: time and peak memory of a full evaluation of one trained image experiment
+   with 10,000 samples (sampling, features, FD/KID/PRDC, classes, likelihood).
 """
 
 from __future__ import annotations
@@ -65,20 +68,63 @@ def bare_steps_per_s(exp, data_dir: Path, steps: int, threads: int) -> float:
 def ray_run(exp, data_dir: Path, steps: int) -> dict:
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=steps, eval_every=steps))
     with tempfile.TemporaryDirectory() as d:
-        out = fit(exp, data_dir, d, "bench", export_to=None)
+        out = fit(exp, data_dir, d, "bench")
     return {"steps_per_s": steps / out.train_seconds, "wall": out.wall_seconds,
             "outside_loop": out.wall_seconds - out.worker_seconds,
             "validation": out.worker_seconds - out.train_seconds}
 
 
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def bench_eval(root: Path, name: str, n: int) -> None:
+    from gm.evaluation import evaluate, load_feature_space, load_sampler
+
+    params = stage.params(root)
+    exp = params.experiment(name)
+    model_dir = sorted((root / "artifacts" / "train" / name / "models").glob("seed-*"))
+    if not model_dir:
+        print(f"eval: no trained model for {name}: run `make run` first")
+        return
+    data_dir = stage.prepared_dir(exp.dataset, root)
+    eval_params = dataclasses.replace(params.evaluate, n_samples=n)
+    before = peak_rss_mb()
+    t0 = time.perf_counter()
+    sampler = load_sampler(model_dir[0], eval_params)
+    space = load_feature_space(root / "artifacts" / "featurizer" / exp.dataset)
+    metrics, _ = evaluate(sampler, data_dir, eval_params, space)
+    wall = time.perf_counter() - t0
+    print(f"\nfull evaluation of {name} with {n} samples: {wall:.1f} s wall, peak RSS {peak_rss_mb():.0f} MB "
+          f"(process before: {before:.0f} MB)")
+    parts = {k: metrics[k] for k in ("sample_seconds", "feature_seconds", "log_prob_seconds") if k in metrics}
+    print("  " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+          + f"; metrics and the rest {wall - sum(parts.values()):.2f} s")
+    print("  " + ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fd", "kid", "precision", "recall", "density",
+                                                              "coverage", "class_coverage") if k in metrics))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="gm benchmarks")
+    p.add_argument("what", nargs="?", default="all", choices=["stages", "ray", "eval", "all"])
     p.add_argument("--experiment", default="wgan_gp-grid25")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--eval-experiment", default="gan-digits")
+    p.add_argument("--eval-samples", type=int, default=10000)
     args = p.parse_args(argv)
     root = stage.root()
+    if args.what in ("stages", "all"):
+        bench_stages(root)
+    if args.what in ("eval", "all"):
+        bench_eval(root, args.eval_experiment, args.eval_samples)
+    if args.what in ("ray", "all"):
+        bench_ray(root, args.experiment, args.steps, args.repeats)
 
+
+def bench_stages(root: Path) -> None:
     rows = stage_times(root)
     if rows:
         print("per-stage wall time of the last pipeline run (artifacts/timings):")
@@ -88,21 +134,24 @@ def main(argv=None) -> None:
     else:
         print("no stage timings yet: run `make run` first")
 
+
+def bench_ray(root: Path, name: str, steps: int, repeats: int) -> None:
     params = stage.params(root)
-    exp = params.experiment(args.experiment)
+    exp = params.experiment(name)
     data_dir = stage.prepared_dir(exp.dataset, root)
     threads = max(1, int(exp.train.scaling.cpus_per_worker))  # Ray gives a worker this many threads
     init_ray(params.ray)
     bare, ray_ = [], []
-    for _ in range(args.repeats):
-        bare.append(bare_steps_per_s(exp, data_dir, args.steps, threads))
-        ray_.append(ray_run(exp, data_dir, args.steps))
+    for _ in range(repeats):
+        bare.append(bare_steps_per_s(exp, data_dir, steps, threads))
+        ray_.append(ray_run(exp, data_dir, steps))
     b = statistics.mean(bare)
     r = statistics.mean(x["steps_per_s"] for x in ray_)
-    print(f"\nstep loop of {args.experiment}, {args.steps} iterations, batch {exp.train.batch_size}, "
-          f"{threads} thread(s), {args.repeats} repeats:")
+    print(f"\nstep loop of {name}, {steps} iterations, batch {exp.train.batch_size}, "
+          f"{threads} thread(s), {repeats} repeats:")
     print(f"  bare process : {b:8.1f} steps/s  ({', '.join(f'{v:.1f}' for v in bare)})")
-    print(f"  Ray Train    : {r:8.1f} steps/s  ({', '.join(f'{x['steps_per_s']:.1f}' for x in ray_)})")
+    ray_rates = ", ".join(f"{x['steps_per_s']:.1f}" for x in ray_)
+    print(f"  Ray Train    : {r:8.1f} steps/s  ({ray_rates})")
     print(f"  ratio Ray/bare: {r / b:.3f}  (slowdown {100 * (1 - r / b):+.1f}%)")
     print(f"  Ray outside the loop (workers, data shards, teardown): "
           f"{statistics.mean(x['outside_loop'] for x in ray_):.1f} s per run; "

@@ -219,6 +219,7 @@ class TrainParams:
     eval_every: int = spec(250, gt=0)  # steps between validation + checkpoint
     val_samples: int = spec(1000, gt=0)  # samples drawn for sample-based validation scores
     seed: int = 0
+    seeds: int = spec(1, gt=0)  # replicate runs with seeds seed, seed+1, ...: results as mean ± std
     num_to_keep: int = spec(1, ge=1)  # best checkpoints kept; Ray always keeps the latest as well
     max_failures: int = spec(2, ge=-1)  # worker/node failures survived by resuming from the latest checkpoint
     data_in_memory: bool = True  # pull each worker's shard once (small data); False streams every epoch

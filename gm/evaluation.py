@@ -1,25 +1,33 @@
-"""One evaluation protocol for every family, on the same test split.
+"""One evaluation protocol for every family and baseline, on the same test split.
 
 - Toys: modes covered, % high-quality samples and reverse KL (PacGAN, for data with
   known mode centres), exact W1 to held-out data and its noise floor.
-- Images: pixel-space Fréchet distance and KID to the test split, class coverage and
-  entropy under a classifier fitted on the training split.
+- Images: Fréchet distance, KID, precision/recall (k = 3) and density/coverage (k = 5)
+  in the feature space of the dataset's featurizer (a versioned DVC output, identified
+  by its hash), and class coverage/entropy under its classifier.
 - Families with a likelihood: test NLL (nats) and bits/dim in data space
   (dequantized; an IWAE bound with `iwae_k` samples for latent-variable families).
+
+Anything that samples and (optionally) scores in data space can be evaluated: trained
+models through `ModelSampler`, scikit-learn baselines (gm.baselines) as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from gm.config import spec
 from gm.data.io import read_meta, read_split
+from gm.data.spec import DataSpec
 from gm.models.base import GenerativeModel, load_model
 from gm.training.validate import data_log_prob, sample_data
 
@@ -30,6 +38,41 @@ class EvaluateParams:
     seed: int = 0
     iwae_k: int = spec(256, gt=0)  # importance samples for the bound of latent-variable families
     plot_samples: int = spec(2500, gt=0)
+    kid_subsets: int = spec(100, gt=0)  # KID blocks (StyleGAN2-ADA's protocol)
+    kid_subset_size: int = spec(1000, gt=0)
+    baseline_seeds: int = spec(3, gt=0)  # the sklearn baselines are refitted with this many seeds
+
+
+class Evaluable(Protocol):
+    """What the protocol needs: samples and, when there is one, a log-density in data space."""
+
+    spec: DataSpec
+    likelihood: str | None
+
+    def sample(self, n: int, seed: int) -> np.ndarray: ...
+
+    def log_prob(self, x: np.ndarray, seed: int) -> np.ndarray: ...
+
+
+@dataclass
+class ModelSampler:
+    """A trained gm model seen through the Evaluable protocol."""
+
+    model: GenerativeModel
+
+    @property
+    def spec(self) -> DataSpec:
+        return self.model.data
+
+    @property
+    def likelihood(self) -> str | None:
+        return self.model.likelihood
+
+    def sample(self, n: int, seed: int) -> np.ndarray:
+        return sample_data(self.model, self.spec, n, seed=seed)
+
+    def log_prob(self, x: np.ndarray, seed: int) -> np.ndarray:
+        return data_log_prob(self.model, self.spec, x, seed=seed)
 
 
 def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
@@ -42,41 +85,122 @@ def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
     return model
 
 
-def evaluate(model_dir: Path, data_dir: Path, params: EvaluateParams) -> tuple[dict, dict]:
-    """(metrics, arrays for plots) of the model saved in `model_dir` on `data_dir`'s test split."""
-    model = with_eval_bound(load_model(model_dir), params.iwae_k)
+def load_sampler(model_dir: Path, params: EvaluateParams) -> ModelSampler:
+    return ModelSampler(with_eval_bound(load_model(model_dir), params.iwae_k))
+
+
+# ---------------------------------------------------------------------------- feature space
+
+
+@dataclass
+class FeatureSpace:
+    """Where image metrics are computed: a trained featurizer, or the pixels themselves."""
+
+    hash: str  # the featurizer's hash, or "pixels"
+    net: object | None = None  # gm.featurizer.FeatureNet
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        if self.net is None:
+            return x.reshape(len(x), -1).astype(np.float64)
+        from gm.featurizer import features
+
+        return features(self.net, x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray | None:
+        if self.net is None:
+            return None
+        from gm.featurizer import predict
+
+        return predict(self.net, x)
+
+
+PIXELS = "pixels"
+
+
+def load_feature_space(directory: Path) -> FeatureSpace:
+    """The featurize stage's output: a featurizer (labelled images) or pixel space (anything else)."""
+    marker = Path(directory) / "space.json"
+    if not marker.is_file():
+        raise FileNotFoundError(f"{marker}: missing; run the featurize stage (dvc repro featurize@{Path(directory).name})")
+    if json.loads(marker.read_text()).get("space") == PIXELS:
+        return FeatureSpace(hash=PIXELS)
+    from gm.featurizer import load_featurizer
+
+    net, digest = load_featurizer(Path(directory) / "model")
+    return FeatureSpace(hash=digest, net=net)
+
+
+# ------------------------------------------------------------------------------- protocol
+
+
+def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: FeatureSpace | None = None,
+             seed: int | None = None) -> tuple[dict, np.ndarray]:
+    """(metrics, samples) of one sampler on `data_dir`'s test split."""
+    seed = params.seed if seed is None else seed
     meta = read_meta(data_dir)
-    spec_ = model.data
     test_x, _ = read_split(data_dir, "test")
     metrics: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    samples = sample_data(model, spec_, params.n_samples, seed=params.seed)
+    samples = ev.sample(params.n_samples, seed)
     metrics["sample_seconds"] = time.perf_counter() - t0
     metrics["samples_per_s"] = params.n_samples / max(metrics["sample_seconds"], 1e-9)
     finite = bool(np.isfinite(samples).all())
     metrics["finite_samples"] = float(finite)
 
-    if finite and spec_.kind == "toy":
+    if finite and ev.spec.kind == "toy":
         from gm.metrics.toy import toy_report
 
-        metrics.update(toy_report(samples, test_x, meta.get("modes"), seed=params.seed))
+        metrics.update(toy_report(samples, test_x, meta.get("modes"), seed=seed))
     elif finite:
-        from gm.metrics.images import pixel_scores
+        metrics.update(image_metrics(samples, test_x, space or FeatureSpace(PIXELS), params, seed,
+                                     ev.spec.num_classes))
 
-        train_x, train_y = read_split(data_dir, "train")
-        metrics.update(pixel_scores(samples, train_x, train_y, test_x, seed=params.seed))
-
-    if model.likelihood is not None:
+    if ev.likelihood is not None:
         from gm.metrics.likelihood import bits_per_dim
 
         t0 = time.perf_counter()
-        lp = data_log_prob(model, spec_, test_x, seed=params.seed)
+        lp = ev.log_prob(test_x, seed)
         metrics["log_prob_seconds"] = time.perf_counter() - t0
-        metrics.update({f"test_{k}": v for k, v in bits_per_dim(-lp, spec_.dim).items()})
-        metrics["test_bound"] = float(model.likelihood == "bound")
+        metrics.update({f"test_{k}": v for k, v in bits_per_dim(-lp, ev.spec.dim).items()})
+        metrics["test_bound"] = float(ev.likelihood == "bound")
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
-    return metrics, {"samples": samples, "test": test_x, "meta": meta}
+    return metrics, samples
+
+
+def image_metrics(samples: np.ndarray, test_x: np.ndarray, space: FeatureSpace, params: EvaluateParams,
+                  seed: int, num_classes: int | None) -> dict:
+    """FD, KID, precision/recall/density/coverage in feature space; classes under its classifier."""
+    from gm.metrics.images import class_metrics, fd, kid
+    from gm.metrics.prdc import prdc
+
+    t0 = time.perf_counter()
+    fake, real = space.features(samples), space.features(test_x)
+    out = {"feature_seconds": time.perf_counter() - t0}
+    out.update(fd(real, fake))
+    out.update(kid(real, fake, subsets=params.kid_subsets, subset_size=params.kid_subset_size, seed=seed))
+    out.update(prdc(real, fake))
+    predicted = space.predict(samples)
+    if predicted is not None and num_classes:
+        out.update(class_metrics(predicted, num_classes))
+    return out
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict:
+    """{metric: mean, metric_std: sample std over seeds} plus the per-seed values."""
+    keys = sorted(set.intersection(*(set(m) for m in per_seed.values())))
+    out: dict = {}
+    for k in keys:
+        values = [per_seed[s][k] for s in per_seed]
+        out[k] = statistics.fmean(values)
+        if len(values) > 1:
+            out[f"{k}_std"] = statistics.stdev(values)
+    out["seeds"] = len(per_seed)
+    out["per_seed"] = {str(s): m for s, m in per_seed.items()}
+    return out
+
+
+# ----------------------------------------------------------------------------------- plots
 
 
 def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, title: str) -> Path:
@@ -104,7 +228,7 @@ def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, 
     else:
         n = min(100, len(samples))
         side = int(math.ceil(math.sqrt(n)))
-        imgs = samples[:n].reshape(n, *samples.shape[1:])
+        imgs = samples[:n]
         fig, axes = plt.subplots(side, side, figsize=(side * 0.6, side * 0.6))
         for i, ax in enumerate(np.ravel(axes)):
             ax.axis("off")

@@ -37,12 +37,12 @@ REFERENCE = {
     ],
 }
 
-COLUMNS = {  # metric -> (header, lower is better?)
-    "modes": ("modes", False), "hq_pct": ("HQ %", False), "rkl": ("reverse KL", True),
-    "w1": ("W1", True), "w1_floor": ("W1 floor", True), "fd_pixel": ("FD (pixels)", True),
-    "kid_pixel": ("KID (pixels)", True), "class_coverage": ("class coverage", False),
-    "class_entropy_ratio": ("class entropy ratio", False), "test_bits_per_dim": ("test bits/dim", True),
-    "test_nll_nats": ("test NLL (nats)", True), "samples_per_s": ("samples/s", False),
+COLUMNS = {  # metric -> header
+    "seeds": "seeds", "modes": "modes", "hq_pct": "HQ %", "rkl": "reverse KL", "w1": "W1",
+    "w1_floor": "W1 floor", "fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall",
+    "density": "density", "coverage": "coverage", "class_coverage": "class coverage",
+    "class_entropy_ratio": "class entropy ratio", "test_bits_per_dim": "test bits/dim",
+    "test_nll_nats": "test NLL (nats)", "samples_per_s": "samples/s",
 }
 
 
@@ -55,34 +55,60 @@ def collect(root: Path) -> list[dict]:
     return rows
 
 
-def _fmt(v) -> str:
+def _fmt(row: dict, key: str) -> str:
+    """`mean ± std` over seeds where the row has a spread, the value alone otherwise."""
+    v = row.get(key)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        std = row.get(f"{key}_std")
+        return f"{v:.4g} ± {std:.2g}" if std is not None else f"{v:.4g}"
     return str(v)
 
 
 def tables(rows: list[dict]) -> dict[str, tuple[list[str], list[list[str]]]]:
-    """dataset -> (header, rows) with our experiments first, then the published references."""
+    """dataset -> (header, rows): our experiments and baselines, then the published references.
+
+    Image metrics of one table must come from one featurizer: mixed hashes are refused.
+    """
+    from gm.featurizer import check_same_featurizer
+
     out = {}
     for dataset in sorted({r["dataset"] for r in rows}):
-        ours = [r for r in rows if r["dataset"] == dataset]
+        ours = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: (r.get("source") == "baseline",
+                                                                                  r["experiment"]))
+        check_same_featurizer({r["experiment"]: r.get("featurizer") for r in ours})
         refs = REFERENCE.get(dataset, [])
         cols = [c for c in COLUMNS if any(c in r for r in ours) or any(c in r for r in refs)]
-        header = ["experiment", "family", "source"] + [COLUMNS[c][0] for c in cols]
-        body = [[r["experiment"], r["family"], r.get("source", "")] + [_fmt(r.get(c)) for c in cols] for r in ours]
-        body += [[ref["experiment"], "published", ""] + [_fmt(ref.get(c)) for c in cols] for ref in refs]
+        header = ["experiment", "family", "source"] + [COLUMNS[c] for c in cols]
+        body = [[r["experiment"], r["family"], r.get("source", "")] + [_fmt(r, c) for c in cols] for r in ours]
+        body += [[ref["experiment"], "published", ""] + [_fmt(ref, c) for c in cols] for ref in refs]
         out[dataset] = (header, body)
     return out
 
 
-def markdown(tabs) -> str:
-    lines = ["# gm leaderboard", "",
-             "Ours on the test split of each dataset; published rows from BENCHMARKS.md below ours "
-             "(same definitions). Lower is better for W1, FD, KID, reverse KL and bits/dim.", ""]
+def featurizer_notes(root: Path, rows: list[dict]) -> dict[str, str]:
+    """dataset -> a line naming the feature space its image metrics live in."""
+    notes = {}
+    for dataset in sorted({r["dataset"] for r in rows if r.get("featurizer")}):
+        path = root / "artifacts" / "featurizer-metrics" / f"{dataset}.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        if "hash" in info:
+            notes[dataset] = (f"Image metrics in the feature space of the {dataset} featurizer "
+                              f"{info['hash'][:16]} (test accuracy {info['test_accuracy']:.4f}).")
+    return notes
+
+
+INTRO = ("Ours on the test split of each dataset (mean ± std over seeds), scikit-learn baselines fitted "
+         "on the same splits, then the published rows of BENCHMARKS.md (same definitions). Lower is better "
+         "for W1, FD, KID, reverse KL and bits/dim.")
+
+
+def markdown(tabs, notes: dict[str, str]) -> str:
+    lines = ["# gm leaderboard", "", INTRO, ""]
     for dataset, (header, body) in tabs.items():
-        lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += [f"## {dataset}", ""] + ([notes[dataset], ""] if dataset in notes else [])
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         lines.append("")
     return "\n".join(lines)
@@ -101,8 +127,10 @@ def curves_plot(root: Path, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4))
         for p in runs:
             h = [r for r in json.loads(p.read_text()) if math.isfinite(r.get("val_score", math.inf))]
-            if h:
-                ax.plot([r["step"] for r in h], [r["val_score"] for r in h], marker=".", label=p.parent.name)
+            for seed in sorted({r.get("seed", 0) for r in h}):
+                pts = [r for r in h if r.get("seed", 0) == seed]
+                ax.plot([r["step"] for r in pts], [r["val_score"] for r in pts], marker=".",
+                        label=f"{p.parent.name} (seed {seed})")
         ax.set_xlabel("step")
         ax.set_ylabel("validation score (lower is better)")
         ax.set_yscale("symlog")
@@ -134,14 +162,15 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
-def html_page(tabs, rows: list[dict], plots: list[Path]) -> str:
+def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>gm leaderboard</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}img{max-width:360px;margin:4px}</style>",
-             "</head><body><h1>gm leaderboard</h1>"]
+             f"</head><body><h1>gm leaderboard</h1><p>{html.escape(INTRO)}</p>"]
     for dataset, (header, body) in tabs.items():
-        parts.append(f"<h2>{html.escape(dataset)}</h2><table><tr>"
+        note = f"<p>{html.escape(notes[dataset])}</p>" if dataset in notes else ""
+        parts.append(f"<h2>{html.escape(dataset)}</h2>{note}<table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
         parts.append("</table><div>")
@@ -159,9 +188,11 @@ def build_report(root: Path, out: Path) -> dict:
     if not rows:
         raise FileNotFoundError(f"{root / 'artifacts' / 'eval'}: no metrics.json; run the evaluate stages first")
     tabs = tables(rows)
-    (out / "leaderboard.md").write_text(markdown(tabs))
+    notes = featurizer_notes(root, rows)
+    (out / "leaderboard.md").write_text(markdown(tabs, notes))
     plots = curves_plot(root, out)
-    (out / "index.html").write_text(html_page(tabs, rows, plots))
-    flat = {r["experiment"]: {k: v for k, v in r.items() if k in COLUMNS} for r in rows}
+    (out / "index.html").write_text(html_page(tabs, notes, rows, plots))
+    flat = {r["experiment"]: {k: v for k, v in r.items() if k in COLUMNS or k.removesuffix("_std") in COLUMNS}
+            for r in rows}
     write_json(out / "metrics.json", flat)
     return flat

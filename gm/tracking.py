@@ -100,7 +100,7 @@ def run(run_name: str, tags: Mapping[str, str], parent_run_id: str | None = None
     tags = dict(tags)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=run_name, tags=tags) as r:
+    with mlflow.start_run(run_name=run_name, tags=tags, nested=mlflow.active_run() is not None) as r:
         yield r
 
 

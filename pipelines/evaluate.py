@@ -1,62 +1,131 @@
-"""DVC stages `evaluate@<experiment>` and `evaluate_tuned@<sweep>`: one protocol, the test split.
+"""DVC stages `evaluate@<experiment>`, `evaluate_tuned@<sweep>` and `baseline@<dataset>`:
+one protocol on the test split, mean ± std over seeds.
 
-Usage: python -m pipelines.evaluate train <experiment> | tune <sweep>   (from the repository root)
-Writes artifacts/eval/<experiment>/ or artifacts/eval/tuned-<sweep>/ {metrics.json, samples.png}.
+Usage (from the repository root):
+    python -m pipelines.evaluate train <experiment>    -> artifacts/eval/<experiment>/
+    python -m pipelines.evaluate tune <sweep>          -> artifacts/eval/tuned-<sweep>/
+    python -m pipelines.evaluate baseline <dataset>    -> artifacts/eval/baseline-<kind>-<dataset>/
+each holding metrics.json and samples.png.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gm import stage, tracking
-from gm.evaluation import evaluate, plot_samples
+from gm.data.io import data_spec, read_meta, read_split
+from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_samples
 from gm.files import read_json, write_json
 
 
-def evaluate_stage(source: str, name: str, root: Path) -> dict:
-    params = stage.params(root)
-    if source == "train":
-        exp = params.experiment(name)
-        model_dir = root / "artifacts" / "train" / name / "model"
-        out, label = root / "artifacts" / "eval" / name, name
-        version = read_json(root / "artifacts" / "train" / name / "metrics.json").get("registered_version")
-    else:
-        if name not in params.sweeps:
-            raise stage.StageError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(params.sweeps)}")
-        exp = params.experiment(params.sweeps[name].experiment)
-        model_dir = root / "artifacts" / "tune" / name / "model"
-        out, label = root / "artifacts" / "eval" / f"tuned-{name}", f"tuned-{name}"
-        version = read_json(root / "artifacts" / "tune" / name / "best.json").get("registered_version")
-    data_dir = stage.prepared_dir(exp.dataset, root)
-    metrics, arrays = evaluate(model_dir, data_dir, params.evaluate)
-    summary = {"experiment": label, "family": exp.family, "dataset": exp.dataset, "source": source,
-               "registered_version": version, **metrics}
+@dataclass
+class Candidate:
+    """Something to evaluate: one sampler per seed, and where its results go."""
+
+    label: str
+    family: str
+    dataset: str
+    source: str
+    samplers: dict = field(default_factory=dict)  # seed -> Evaluable
+    versions: dict = field(default_factory=dict)  # seed -> registered model version
+
+
+def trained(name: str, root: Path, params) -> list[Candidate]:
+    exp = params.experiment(name)
+    summary = read_json(root / "artifacts" / "train" / name / "metrics.json")
+    c = Candidate(name, exp.family, exp.dataset, "train")
+    for seed, row in summary["per_seed"].items():
+        c.samplers[int(seed)] = load_sampler(root / "artifacts" / "train" / name / "models" / f"seed-{seed}",
+                                             params.evaluate)
+        c.versions[int(seed)] = row.get("registered_version")
+    return [c]
+
+
+def tuned(name: str, root: Path, params) -> list[Candidate]:
+    if name not in params.sweeps:
+        raise stage.StageError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(params.sweeps)}")
+    exp = params.experiment(params.sweeps[name].experiment)
+    best = read_json(root / "artifacts" / "tune" / name / "best.json")
+    c = Candidate(f"tuned-{name}", exp.family, exp.dataset, "tune")
+    c.samplers[params.evaluate.seed] = load_sampler(root / "artifacts" / "tune" / name / "model", params.evaluate)
+    c.versions[params.evaluate.seed] = best.get("registered_version")
+    return [c]
+
+
+def baselines(dataset: str, root: Path, params) -> list[Candidate]:
+    """scikit-learn's Gaussian mixture and KDE, hyperparameter chosen on validation, per seed."""
+    from gm.baselines import BASELINES, fit_baseline
+
+    if dataset not in params.datasets:
+        raise stage.StageError(f"data.datasets.{dataset}: no such dataset; expected one of: {', '.join(params.datasets)}")
+    data_dir = stage.prepared_dir(dataset, root)
+    spec_ = data_spec(data_dir)
+    train_x, _ = read_split(data_dir, "train")
+    val_x, _ = read_split(data_dir, "val")
+    out = []
+    for kind in sorted(BASELINES):
+        c = Candidate(f"baseline-{kind}-{dataset}", kind, dataset, "baseline")
+        for i in range(params.evaluate.baseline_seeds):
+            seed = params.evaluate.seed + i
+            c.samplers[seed] = fit_baseline(kind, train_x, val_x, spec_, seed=seed)
+        out.append(c)
+    return out
+
+
+SOURCES = {"train": trained, "tune": tuned, "baseline": baselines}
+
+
+def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
+    data_dir = stage.prepared_dir(c.dataset, root)
+    meta = read_meta(data_dir)
+    space = load_feature_space(root / "artifacts" / "featurizer" / c.dataset) if meta["kind"] == "image" else None
+    per_seed, first_samples = {}, None
+    for seed, sampler in c.samplers.items():
+        per_seed[seed], samples = evaluate(sampler, data_dir, params.evaluate, space, seed=seed)
+        if first_samples is None:
+            first_samples = samples
+    selected = {str(s): getattr(sampler, "selected", None) for s, sampler in c.samplers.items()}
+    summary = {"experiment": c.label, "family": c.family, "dataset": c.dataset, "source": c.source,
+               "featurizer": space.hash if space else None,
+               "registered_versions": {str(s): v for s, v in c.versions.items()},
+               **({"selected": selected} if c.source == "baseline" else {}), **aggregate(per_seed)}
+    out = root / "artifacts" / "eval" / c.label
     write_json(out / "metrics.json", summary)
-    plot = plot_samples(out / "samples.png", arrays["samples"][: params.evaluate.plot_samples], arrays["test"],
-                        arrays["meta"], f"{label} ({exp.family} on {exp.dataset})")
-    tracking.setup(params.mlflow, root)
-    tags = tracking.stage_tags("evaluate", label, root, exp.dataset, **{"gm.family": exp.family})
-    with tracking.run(f"evaluate/{label}", tags):
-        tracking.log_params({"evaluate": vars(params.evaluate) | {"source": source, "model_version": version}})
-        tracking.log_metrics(metrics)
+    test_x, _ = read_split(data_dir, "test")
+    plot = plot_samples(out / "samples.png", first_samples[: params.evaluate.plot_samples], test_x, meta,
+                        f"{c.label} ({c.family} on {c.dataset})")
+    tags = tracking.stage_tags("evaluate", c.label, root, c.dataset, **{"gm.family": c.family,
+                                                                        "gm.featurizer": summary["featurizer"]})
+    with tracking.run(f"evaluate/{c.label}", tags):
+        tracking.log_params({"evaluate": vars(params.evaluate) | {"source": c.source,
+                                                                   "model_versions": summary["registered_versions"]}})
+        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         tracking.log_artifacts(plot)
         tracking.log_artifacts(out / "metrics.json")
-    if version is not None:
-        tracking.tag_version(tracking.registered_name(exp.family, exp.dataset), version,
-                             {f"gm.test.{k}": f"{v:.6g}" for k, v in metrics.items()})
+    for seed, version in c.versions.items():
+        if version is not None:
+            tracking.tag_version(tracking.registered_name(c.family, c.dataset), version,
+                                 {f"gm.test.{k}": f"{v:.6g}" for k, v in per_seed[seed].items()})
     return summary
 
 
 @stage.entry
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("source", choices=["train", "tune"])
-    p.add_argument("name", help="an experiment (train) or a sweep (tune)")
+    p.add_argument("source", choices=sorted(SOURCES))
+    p.add_argument("name", help="an experiment (train), a sweep (tune) or a dataset (baseline)")
     args = p.parse_args(argv)
-    s = evaluate_stage(args.source, args.name, stage.root())
-    keys = [k for k in ("modes", "hq_pct", "rkl", "w1", "fd_pixel", "class_coverage", "test_bits_per_dim") if k in s]
-    print(f"evaluated {s['experiment']}: " + ", ".join(f"{k} {s[k]:.4g}" for k in keys))
+    root = stage.root()
+    params = stage.params(root)
+    tracking.setup(params.mlflow, root)
+    for c in SOURCES[args.source](args.name, root, params):
+        s = evaluate_candidate(c, root, params)
+        keys = [k for k in ("modes", "hq_pct", "rkl", "w1", "fd", "precision", "recall", "class_coverage",
+                            "test_bits_per_dim") if k in s]
+        print(f"evaluated {s['experiment']} over {s['seeds']} seed(s): "
+              + ", ".join(f"{k} {s[k]:.4g}" + (f" ± {s[k + '_std']:.2g}" if k + "_std" in s else "") for k in keys))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,25 +16,10 @@ from gm import stage, tracking
 from gm.config import to_dict
 from gm.files import write_json
 from gm.models.base import load_model
-from gm.training.driver import best_checkpoint, init_ray, storage_path
+from gm.training.driver import export_best, init_ray, storage_path
 from gm.training.validate import validation_metric
 from tune.driver import METRIC, run_sweep, trial_run_name
 from tune.sweep import apply_overrides
-
-
-def export_trial_model(storage: str, trial_id: str, dest: Path) -> dict:
-    """Copy the best-on-validation checkpoint of a trial's Train run to `dest`; returns its metrics."""
-    from ray.train import Result
-
-    result = Result.from_path(f"{storage.rstrip('/')}/{trial_run_name(trial_id)}")
-    ckpt, metrics = best_checkpoint(result)
-    if ckpt is None:
-        raise stage.StageError(f"trial {trial_id}: no checkpoint to export")
-    if dest.exists():
-        shutil.rmtree(dest)
-    with ckpt.as_directory() as d:
-        shutil.copytree(Path(d) / "model", dest)
-    return metrics
 
 
 def trial_rows(grid) -> list[dict]:
@@ -83,7 +67,7 @@ def tune_sweep(name: str, root: Path, resume: bool = False) -> dict:
                     import mlflow
 
                     mlflow.set_tag("gm.failure_reason", row["error"])
-        best_metrics = export_trial_model(storage, result.best_trial_id, out / "model")
+        best_metrics = export_best(storage, trial_run_name(result.best_trial_id), out / "model")
         model = load_model(out / "model")
         metric = validation_metric(model, model.data)
         best = {

@@ -27,17 +27,19 @@ def tiny_params(**overrides) -> dict:
                 "digits": {"source": "digits", "path": "data/digits/digits.csv.gz"},
             },
         },
+        "featurize": {"epochs": 3, "channels": [8, 16], "feature_dim": 32},
         "train": {"steps": 60, "batch_size": 64, "eval_every": 30, "val_samples": 300,
                   "scaling": {"num_workers": 1}},
         "experiments": {
             "wgan_gp-ring8": {"family": "wgan_gp", "dataset": "ring8",
                               "model": {"z_dim": 2, "hidden": 32, "depth": 2, "n_critic": 2}},
-            "vae-digits": {"family": "vae", "dataset": "digits",
+            "vae-digits": {"family": "vae", "dataset": "digits", "train": {"seeds": 2},
                            "model": {"z_dim": 4, "hidden": 32, "depth": 1, "iwae_k": 8}},
         },
         "tune": {"sweeps": {"vae-digits": {"experiment": "vae-digits", "num_samples": 2,
                                            "space": {"model.beta": {"choice": [0.5, 2.0]}}}}},
-        "evaluate": {"n_samples": 500, "iwae_k": 16},
+        "evaluate": {"n_samples": 500, "iwae_k": 16, "baseline_seeds": 2, "kid_subsets": 10,
+                     "kid_subset_size": 200},
     }
     for key, value in overrides.items():
         params[key] = value

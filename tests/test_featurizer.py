@@ -157,12 +157,15 @@ def prepared_root(tmp_path_factory):
     return root
 
 
-def test_stage_refuses_toys(prepared_root):
+def test_toys_are_compared_in_their_own_space(prepared_root):
+    from gm.evaluation import load_feature_space
     from pipelines.featurize import featurize
 
-    with pytest.raises(stage.StageError, match="featurize@ring8: needs labelled images"):
-        featurize("ring8", prepared_root, QUICK)
-    assert not (prepared_root / "artifacts" / "featurizer" / "ring8").exists()
+    assert featurize("ring8", prepared_root, QUICK) == {"space": "pixels"}
+    space = load_feature_space(prepared_root / "artifacts" / "featurizer" / "ring8")
+    assert space.hash == "pixels" and space.net is None
+    x = np.arange(6.0).reshape(3, 2)
+    assert (space.features(x) == x).all() and space.predict(x) is None
 
 
 def test_stage_writes_model_and_metrics(prepared_root):
@@ -170,11 +173,15 @@ def test_stage_writes_model_and_metrics(prepared_root):
 
     summary = featurize("digits", prepared_root, QUICK)
     out = prepared_root / "artifacts" / "featurizer" / "digits"
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((prepared_root / "artifacts" / "featurizer-metrics" / "digits.json").read_text())
     assert set(metrics) >= {"test_accuracy", "val_accuracy", "train_accuracy", "hash", "seconds", "num_params"}
     assert metrics["test_accuracy"] >= 0.9 and metrics == json.loads(json.dumps(summary))
     net, digest = load_featurizer(out / "model")
     assert digest == metrics["hash"]
     assert metrics["num_params"] == sum(p.numel() for p in net.parameters())
+    from gm.evaluation import load_feature_space
+
+    space = load_feature_space(out)
+    assert space.hash == digest and space.predict(np.zeros((2, 1, 8, 8))).shape == (2,)
     ident = json.loads((out / "model" / "featurizer.json").read_text())
     assert ident["test_accuracy"] == metrics["test_accuracy"] and "seconds" not in ident

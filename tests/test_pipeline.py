@@ -35,11 +35,19 @@ def test_dvc_repro_trains_tunes_evaluates_and_registers(tmp_repo):
     assert "data" in {d["path"] for d in lock["prepare@digits"]["deps"]}
     ev = json.loads((root / "artifacts/eval/vae-digits/metrics.json").read_text())
     assert 0 < ev["test_bits_per_dim"] < 10 and ev["test_bound"] == 1.0
+    assert ev["seeds"] == 2 and ev["test_bits_per_dim_std"] > 0 and set(ev["per_seed"]) == {"0", "1"}
+    featurizer = json.loads((root / "artifacts/featurizer-metrics/digits.json").read_text())
+    assert ev["featurizer"] == featurizer["hash"] and 0 <= ev["precision"] <= 1 and ev["fd"] > 0
+    for kind in ("gmm", "kde"):  # baselines on the same split, by the same protocol
+        base = json.loads((root / f"artifacts/eval/baseline-{kind}-digits/metrics.json").read_text())
+        assert base["featurizer"] == featurizer["hash"] and base["seeds"] == 2
+        assert 2.0 < base["test_bits_per_dim"] < 4.09
     toy = json.loads((root / "artifacts/eval/wgan_gp-ring8/metrics.json").read_text())
     assert 0 <= toy["modes"] <= 8 and toy["w1"] > 0
     best = json.loads((root / "artifacts/tune/vae-digits/best.json").read_text())
     assert best["overrides"]["model.beta"] in (0.5, 2.0)
-    assert (root / "reports/leaderboard.md").read_text().count("PacGAN") >= 2
+    board = (root / "reports/leaderboard.md").read_text()
+    assert board.count("PacGAN") >= 2 and "baseline-gmm-digits" in board and " ± " in board
     assert "nothing to reproduce" in run(["dvc", "repro"], root).stdout.lower() or \
         "up to date" in run(["dvc", "status"], root).stdout.lower()
     assert "metrics.json" in run(["dvc", "metrics", "show"], root).stdout
@@ -79,6 +87,6 @@ def test_dvc_repro_trains_tunes_evaluates_and_registers(tmp_repo):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["gm-wgan_gp-ring8"]["shape"] == [25, 2] and out["gm-wgan_gp-ring8"]["again"]
     assert out["gm-vae-digits"]["shape"] == [25, 1, 8, 8]
-    assert out["gm-vae-digits"]["versions"] == 2  # the trained model and the tuned one
+    assert out["gm-vae-digits"]["versions"] == 3  # two trained seeds and the tuned model
     assert out["gm-vae-digits"]["log_prob"] == [25, True]
     assert "bound" in out["gm-vae-digits"]["bound"]

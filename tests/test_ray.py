@@ -41,14 +41,13 @@ def local_ray():
 def test_two_workers_recover_from_a_failure_and_export_the_best_checkpoint(local_ray, prepared, tmp_path):
     exp = experiment("wgan_gp-ring8", steps=120, eval_every=30, fail_once_at_step=75,
                      scaling={"num_workers": 2})
-    out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp_path / "ray"), "two-workers",
-              export_to=tmp_path / "best")
+    out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp_path / "ray"), "two-workers")
     assert len(out.nodes) == 2  # two ranks took part
     steps = [h["step"] for h in out.history]
     assert steps == [90, 120]  # the restarted attempt resumed after the checkpoint at 60
     assert all(h["resumed_from_step"] == 60 for h in out.history)
     # the exported model is the best on validation, not simply the last
-    model = load_model(out.best_model_dir)
+    model = load_model(out.export(tmp_path / "best"))
     ref = min(out.best_metrics["val_score"], *(h["val_score"] for h in out.history))
     assert out.best_metrics["val_score"] == pytest.approx(ref)
     from gm.data.io import read_split
@@ -60,15 +59,14 @@ def test_two_workers_recover_from_a_failure_and_export_the_best_checkpoint(local
 
 def test_a_diverging_run_stops_with_its_reason_and_no_checkpoint(local_ray, prepared, tmp_path):
     exp = experiment("vae-digits", model={"lr": 1e12}, steps=60, eval_every=30)
-    out = fit(exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "diverge",
-              export_to=tmp_path / "best")
+    out = fit(exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "diverge")
     assert out.diverged and ("nan" in out.diverged or "inf" in out.diverged)
-    assert out.best_model_dir is None
+    assert out.best_checkpoint is None and out.export(tmp_path / "best") is None
 
 
 def test_tune_runs_two_trials_and_exports_the_better_one(local_ray, prepared, tmp_path):
-    from pipelines.tune import export_trial_model
-    from tune.driver import run_sweep
+    from gm.training.driver import export_best
+    from tune.driver import run_sweep, trial_run_name
 
     params = parse_params({**tiny_params(), "tune": {"sweeps": {"s": {
         "experiment": "vae-digits", "num_samples": 1, "scheduler": "fifo",
@@ -82,7 +80,7 @@ def test_tune_runs_two_trials_and_exports_the_better_one(local_ray, prepared, tm
     scores = {t.config["model.beta"]: t.metrics_dataframe["val_score"].min() for t in trials}
     assert result.best_score == pytest.approx(min(scores.values()))
     assert result.best_overrides["model.beta"] == min(scores, key=scores.get)
-    metrics = export_trial_model(storage, result.best_trial_id, tmp_path / "best")
+    metrics = export_best(storage, trial_run_name(result.best_trial_id), tmp_path / "best")
     assert metrics["val_score"] == pytest.approx(result.best_score)
     assert load_model(tmp_path / "best").config.beta == result.best_overrides["model.beta"]
 
@@ -97,11 +95,10 @@ def test_two_nodes_on_one_machine(prepared, tmp_path):
     try:
         ray.init(address=cluster.address)
         exp = experiment("wgan_gp-ring8", steps=30, eval_every=30, scaling={"num_workers": 2})
-        out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp_path / "shared"), "two-nodes",
-                  export_to=tmp_path / "best")
+        out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp_path / "shared"), "two-nodes")
         assert len(set(out.nodes)) == 2  # one worker on each node
         assert math.isfinite(out.best_metrics["val_score"])
-        assert np.isfinite(load_model(tmp_path / "best").sample(10).detach().numpy()).all()
+        assert np.isfinite(load_model(out.export(tmp_path / "best")).sample(10).detach().numpy()).all()
     finally:
         ray.shutdown()
         cluster.shutdown()

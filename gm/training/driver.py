@@ -99,9 +99,9 @@ def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
 
 @dataclass
 class TrainOutcome:
-    """What the driver needs after a fit: the best model on validation and the curves."""
+    """What the driver needs after a fit: the best checkpoint on validation and the curves."""
 
-    best_model_dir: Path | None  # None when the run diverged before any checkpoint
+    best_checkpoint: object | None  # ray.train.Checkpoint on storage; None if the run diverged first
     best_metrics: dict
     history: list[dict]
     diverged: str | None
@@ -110,6 +110,10 @@ class TrainOutcome:
     worker_seconds: float  # rank 0's loop function from entry to return (steps, validation, checkpoints)
     run_path: str
     nodes: list[str] = field(default_factory=list)  # Ray node of each rank
+
+    def export(self, dest: Path) -> Path | None:
+        """Copy the best checkpoint's model to `dest` (replacing it); None when there is none."""
+        return export_checkpoint(self.best_checkpoint, dest) if self.best_checkpoint is not None else None
 
 
 def best_checkpoint(result):
@@ -120,23 +124,35 @@ def best_checkpoint(result):
     return min(ranked, key=lambda cm: cm[1]["val_score"])
 
 
-def outcome_from_result(result, wall_seconds: float, export_to: Path | None) -> TrainOutcome:
-    """Read a Train result: export the best checkpoint's model to `export_to`."""
+def export_checkpoint(checkpoint, dest: Path) -> Path:
+    """The model folder of a checkpoint (local or on remote storage), copied to `dest`."""
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    with checkpoint.as_directory() as d:
+        shutil.copytree(Path(d) / "model", dest)
+    return dest
+
+
+def export_best(storage: str, name: str, dest: Path) -> dict:
+    """Export the best checkpoint of the finished Train run `name` under `storage`; its metrics."""
+    from ray.train import Result
+
+    ckpt, metrics = best_checkpoint(Result.from_path(f"{storage.rstrip('/')}/{name}"))
+    if ckpt is None:
+        raise FileNotFoundError(f"{storage}/{name}: no checkpoint with a validation score")
+    export_checkpoint(ckpt, dest)
+    return metrics
+
+
+def outcome_from_result(result, wall_seconds: float) -> TrainOutcome:
     ret = result.return_value or {}
     ckpt, metrics = best_checkpoint(result)
-    best_dir = None
-    if ckpt is not None and export_to is not None:
-        export_to = Path(export_to)
-        if export_to.exists():
-            shutil.rmtree(export_to)
-        with ckpt.as_directory() as d:
-            shutil.copytree(Path(d) / "model", export_to)
-        best_dir = export_to
     history = ret.get("history")
     if history is None and result.metrics_dataframe is not None:  # rank 0 returned nothing
         history = result.metrics_dataframe.to_dict("records")
     return TrainOutcome(
-        best_model_dir=best_dir, best_metrics=dict(metrics), history=history or [],
+        best_checkpoint=ckpt, best_metrics=dict(metrics), history=history or [],
         diverged=ret.get("diverged"), wall_seconds=wall_seconds,
         train_seconds=float(ret.get("train_seconds") or 0.0),
         worker_seconds=float(ret.get("worker_seconds") or 0.0), run_path=result.path,
@@ -154,9 +170,8 @@ def clear_run(storage: str, name: str) -> None:
         fs.delete_dir(target)
 
 
-def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, export_to: Path | None,
-        resume: bool = False) -> TrainOutcome:
-    """Train one experiment under Ray Train and export its best-on-validation model.
+def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: bool = False) -> TrainOutcome:
+    """Train one experiment under Ray Train; the outcome points at its best-on-validation checkpoint.
 
     A fresh run unless `resume`: then an interrupted run of the same name continues
     from its latest checkpoint (worker failures inside a run recover either way).
@@ -169,4 +184,16 @@ def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, export_t
     wall = time.perf_counter() - t0
     if result.error is not None:
         raise RuntimeError(f"experiment {exp.name}: training failed: {result.error}") from result.error
-    return outcome_from_result(result, wall, export_to)
+    return outcome_from_result(result, wall)
+
+
+def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: str,
+             resume: bool = False) -> list[TrainOutcome]:
+    """Several Train runs (e.g. seeds) at once: each TorchTrainer is driven from a Ray task
+    holding no CPU, so as many run side by side as the cluster has room for their workers."""
+    import ray
+
+    if len(runs) == 1:
+        return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=resume)]
+    remote = ray.remote(num_cpus=0, max_retries=0)(fit)
+    return ray.get([remote.remote(exp, data_dir, storage, name, resume) for exp, name in runs])

@@ -1,0 +1,50 @@
+"""The leaderboard: mean ± std, published rows beside ours, one featurizer per table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gm.evaluation import aggregate
+from gm.report import build_report, markdown, tables
+
+
+def row(name, dataset="digits", featurizer="f" * 64, **metrics):
+    return {"experiment": name, "family": name.split("-")[0], "dataset": dataset, "source": "train",
+            "featurizer": featurizer, **metrics}
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
+    agg = aggregate({0: {"fd": 1.0, "w1": 3.0}, 1: {"fd": 3.0, "w1": 3.0}, 2: {"fd": 5.0}})
+    assert agg["fd"] == 3.0 and agg["fd_std"] == pytest.approx(2.0)  # sample std of 1, 3, 5
+    assert "w1" not in agg  # only metrics every seed has
+    assert agg["seeds"] == 3 and agg["per_seed"]["2"] == {"fd": 5.0}
+
+
+def test_tables_show_spread_and_published_rows():
+    tabs = tables([row("vae-digits", test_bits_per_dim=2.5, test_bits_per_dim_std=0.05, seeds=2)])
+    header, body = tabs["digits"]
+    assert "test bits/dim" in header
+    cells = dict(zip(header, body[0]))
+    assert cells["test bits/dim"] == "2.5 ± 0.05"
+    assert any("GMM k=5" in r[0] and "2.74" in r for r in body)  # BENCHMARKS.md beside ours
+    assert "PacGAN" in markdown(tables([row("gan-ring8", dataset="ring8", featurizer=None, modes=8.0)]), {})
+
+
+def test_numbers_from_different_featurizers_are_refused():
+    with pytest.raises(ValueError, match="different featurizers"):
+        tables([row("vae-digits", fd=1.0), row("gan-digits", featurizer="a" * 64, fd=2.0)])
+
+
+def test_build_report_writes_markdown_html_and_metrics(tmp_path):
+    for r in (row("vae-digits", fd=1.5, fd_std=0.1, seeds=2), row("gan-ring8", dataset="ring8", featurizer=None,
+                                                                  modes=7.0, hq_pct=90.0, rkl=0.1)):
+        d = tmp_path / "artifacts" / "eval" / r["experiment"]
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(r))
+    flat = build_report(tmp_path, tmp_path / "reports")
+    assert flat["vae-digits"] == {"fd": 1.5, "fd_std": 0.1, "seeds": 2}
+    html = (tmp_path / "reports" / "index.html").read_text()
+    assert "<table>" in html and "1.5 ± 0.1" in html and "PacGAN" in html
+    assert "## ring8" in (tmp_path / "reports" / "leaderboard.md").read_text()
