@@ -300,6 +300,12 @@ class Params:
     featurize: Any  # gm.featurizer.FeaturizerConfig
     path: Path
 
+    def dataset(self, name: str):
+        """The source config of data.datasets.<name>, or a one-line error listing the known ones."""
+        if name not in self.datasets:
+            raise ConfigError(f"data.datasets.{name}: no such dataset; expected one of: {', '.join(self.datasets)}")
+        return self.datasets[name]
+
     def experiment(self, name: str) -> ExperimentConfig:
         if name not in self.experiments:
             raise ConfigError(f"experiments.{name}: no such experiment; expected one of: {', '.join(self.experiments)}")

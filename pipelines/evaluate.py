@@ -58,8 +58,7 @@ def baselines(dataset: str, root: Path, params) -> list[Candidate]:
     """scikit-learn's Gaussian mixture and KDE, hyperparameter chosen on validation, per seed."""
     from gm.baselines import BASELINES, fit_baseline
 
-    if dataset not in params.datasets:
-        raise stage.StageError(f"data.datasets.{dataset}: no such dataset; expected one of: {', '.join(params.datasets)}")
+    params.dataset(dataset)
     data_dir = stage.prepared_dir(dataset, root)
     spec_ = data_spec(data_dir)
     train_x, _ = read_split(data_dir, "train")

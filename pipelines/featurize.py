@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 from gm import stage
-from gm.config import ConfigError
 from gm.data.io import data_spec, read_split
 from gm.evaluation import PIXELS
 from gm.featurizer import FeaturizerConfig, predict, save_featurizer, train_featurizer
@@ -58,9 +57,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     root = stage.root()
     params = stage.params(root)
-    if args.dataset not in params.datasets:
-        raise ConfigError(f"data.datasets.{args.dataset}: no such dataset; expected one of: "
-                          f"{', '.join(params.datasets)}")
+    params.dataset(args.dataset)
     s = featurize(args.dataset, root, params.featurize)
     if s.get("space") == PIXELS:
         print(f"featurize {args.dataset}: no featurizer ({PIXELS} space)")

@@ -9,7 +9,6 @@ import argparse
 from pathlib import Path
 
 from gm import stage
-from gm.config import ConfigError
 from gm.data.io import write_splits
 from gm.data.sources import source_hash
 
@@ -32,11 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = stage.root()
     params = stage.params(root)
-    if args.dataset not in params.datasets:
-        raise ConfigError(f"data.datasets.{args.dataset}: no such dataset; expected one of: "
-                          f"{', '.join(params.datasets)}")
+    source = params.dataset(args.dataset)
     try:
-        meta = prepare(args.dataset, params.datasets[args.dataset], root, root / args.out,
+        meta = prepare(args.dataset, source, root, root / args.out,
                        params.data_seed, params.val_fraction, params.test_fraction)
     except (FileNotFoundError, ValueError) as e:  # name the params entry to fix
         raise type(e)(f"data.datasets.{args.dataset}: {e}") from None
