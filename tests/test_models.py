@@ -200,7 +200,7 @@ def test_condition_is_refused_by_unconditional_models(family):
 
 @pytest.mark.parametrize("cls,bad", [
     (GANConfig, {"loss": "bogus"}),
-    (GANConfig, {"n_disc": 0}),
+    (GANConfig, {"n_critic": 0}),
     (GANConfig, {"betas": [0.5, 1.0]}),
     (WGANGPConfig, {"gp_weight": -1.0}),
     (WGANGPConfig, {"n_critic": 0}),
@@ -222,13 +222,13 @@ def test_paper_defaults():
     wgan = build(WGANGPConfig, {}, "x")
     assert (wgan.gp_weight, wgan.n_critic, wgan.lr_critic, wgan.lr_gen, wgan.betas) == (10.0, 5, 1e-4, 1e-4, (0.0, 0.9))
     gan = build(GANConfig, {}, "x")
-    assert (gan.loss, gan.lr_gen, gan.lr_disc, gan.betas, gan.n_disc) == ("non_saturating", 2e-4, 2e-4, (0.5, 0.999), 1)
+    assert (gan.loss, gan.lr_gen, gan.lr_critic, gan.betas, gan.n_critic) == ("non_saturating", 2e-4, 2e-4, (0.5, 0.999), 1)
     assert build(VAEConfig, {}, "x").beta == 1.0
 
 
 def test_step_group_schedules():
-    gan = small_model("gan", TOY, n_disc=3)
-    assert [(g.name, g.repeats, g.betas) for g in gan.step_groups()] == [("disc", 3, (0.5, 0.999)),
+    gan = small_model("gan", TOY, n_critic=3)
+    assert [(g.name, g.repeats, g.betas) for g in gan.step_groups()] == [("critic", 3, (0.5, 0.999)),
                                                                            ("gen", 1, (0.5, 0.999))]
     wgan = small_model("wgan_gp", TOY)
     assert [(g.name, g.repeats, g.betas) for g in wgan.step_groups()] == [("critic", 5, (0.0, 0.9)),
@@ -273,26 +273,28 @@ def test_gan_generator_losses_closed_form():
 
 
 class ConstantLogit(nn.Module):
-    """A discriminator whose logit is fixed, but still a function of x (so gradients flow to G)."""
+    """A discriminator whose logit is fixed, but still a function of x (so gradients flow to G).
+
+    Stands in for the critic module, which returns (output, features)."""
 
     def __init__(self, logit: float):
         super().__init__()
         self.logit = logit
 
     def forward(self, x):
-        return torch.full((x.shape[0], 1), self.logit) + 0 * x.sum(1, keepdim=True)
+        return torch.full((x.shape[0], 1), self.logit) + 0 * x.sum(1, keepdim=True), x
 
 
 @pytest.mark.parametrize("kind", ["non_saturating", "minimax"])
 @pytest.mark.parametrize("logit", [-3.0, 0.5])
 def test_gan_model_losses_at_fixed_discriminator(kind, logit):
     model = small_model("gan", TOY, loss=kind)
-    model.disc = ConstantLogit(logit)
+    model.critic = ConstantLogit(logit)
     s = torch.sigmoid(torch.tensor(logit, dtype=torch.float64)).item()
     gen = model.loss(make_batch(TOY), "gen").loss.item()
     expected = -math.log(s) if kind == "non_saturating" else math.log(1 - s)
     assert gen == pytest.approx(expected, rel=1e-5)
-    disc = model.loss(make_batch(TOY), "disc").loss.item()
+    disc = model.loss(make_batch(TOY), "critic").loss.item()
     assert disc == pytest.approx(-math.log(s) - math.log(1 - s), rel=1e-5)
 
 

@@ -11,7 +11,7 @@ from gm.registry import register_space
 def gan_space() -> dict:
     return {
         "model.lr_gen": {"loguniform": [5e-5, 1e-3]},
-        "model.lr_disc": {"loguniform": [5e-5, 1e-3]},
+        "model.lr_critic": {"loguniform": [5e-5, 1e-3]},
         "model.hidden": {"choice": [64, 128, 256]},
     }
 
@@ -20,6 +20,25 @@ def gan_space() -> dict:
 def wgan_gp_space() -> dict:
     return {
         "model.gp_weight": {"loguniform": [0.1, 100.0]},  # the paper's λ = 10 sits mid-range
+        "model.lr_critic": {"loguniform": [3e-5, 1e-3]},
+        "model.n_critic": {"choice": [1, 3, 5]},
+    }
+
+
+@register_space("wgan")
+def wgan_space() -> dict:
+    return {
+        "model.clip": {"loguniform": [1e-3, 0.1]},  # the paper's c = 0.01 sits mid-range (log scale)
+        "model.lr_critic": {"loguniform": [1e-5, 3e-4]},  # around RMSProp 5e-5
+        "model.n_critic": {"choice": [1, 3, 5]},
+    }
+
+
+@register_space("cramer")
+def cramer_space() -> dict:
+    return {
+        "model.gp_weight": {"loguniform": [0.1, 100.0]},  # λ = 10, as for WGAN-GP
+        "model.lr_gen": {"loguniform": [3e-5, 1e-3]},
         "model.lr_critic": {"loguniform": [3e-5, 1e-3]},
         "model.n_critic": {"choice": [1, 3, 5]},
     }

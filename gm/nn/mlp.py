@@ -25,7 +25,8 @@ _ACTIVATIONS = {
 LOG_2PI = math.log(2 * math.pi)
 
 
-def _activation(name: str) -> nn.Module:
+def make_activation(name: str) -> nn.Module:
+    """A fresh activation module by name (see `Activation`)."""
     if name not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; expected one of: {', '.join(_ACTIVATIONS)}")
     return _ACTIVATIONS[name]()
@@ -43,11 +44,11 @@ def mlp(in_dim: int, out_dim: int, hidden: int, depth: int, activation: Activati
     layers: list[nn.Module] = []
     width = in_dim
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), _activation(activation)]
+        layers += [nn.Linear(width, hidden), make_activation(activation)]
         width = hidden
     layers.append(nn.Linear(width, out_dim))
     if out_activation is not None:
-        layers.append(_activation(out_activation))
+        layers.append(make_activation(out_activation))
     return nn.Sequential(*layers)
 
 
@@ -102,28 +103,3 @@ def check_unconditional(model: nn.Module, condition: torch.Tensor | None) -> Non
     """Refuse a condition in a model that cannot use one, rather than ignore it silently."""
     if condition is not None:
         raise ValueError(f"{type(model).__name__} is unconditional; got a condition")
-
-
-class MLPGenerator(nn.Module):
-    """The generator of the adversarial families: z ~ N(0, I) -> MLP -> flattened sample.
-
-    The output is tanh-bounded for discrete data (see `bounded_output`), unbounded otherwise.
-    """
-
-    def __init__(self, z_dim: int, data: DataSpec, hidden: int, depth: int, activation: Activation = "relu"):
-        super().__init__()
-        self.z_dim = z_dim
-        self.data = data
-        self.net = mlp(z_dim, data.dim, hidden, depth, activation, out_activation=bounded_output(data))
-
-    def forward(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n flattened samples G(z) with gradients; shape (n, D)."""
-        z = randn((n, self.z_dim), generator, self.net[0].weight.device)  # (n, Z)
-        return self.net(z)  # (n, D)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n samples in model space, (n, *data.shape); tanh can round to exactly ±1 in float32,
-        so discrete data is also clamped into [-1, 1)."""
-        x = self(n, generator).view(n, *self.data.shape)
-        return clamp_to_model_space(x, self.data)

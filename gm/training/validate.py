@@ -42,8 +42,14 @@ def data_log_prob(model: GenerativeModel, spec: DataSpec, x: np.ndarray, seed: i
 @torch.no_grad()
 def sample_data(model: GenerativeModel, spec: DataSpec, n: int, seed: int = 0,
                 condition: torch.Tensor | None = None, batch_size: int = 4096) -> np.ndarray:
-    """n samples in data space, shape (n, *spec.shape), deterministic given the seed."""
+    """n samples in data space, shape (n, *spec.shape), deterministic given the seed.
+
+    A conditional family with no `condition` samples every class in turn (class-balanced),
+    which is what validation and evaluation compare against.
+    """
     g = torch.Generator(device=model.device).manual_seed(seed)
+    if condition is None and getattr(model.config, "conditional", False):
+        condition = torch.arange(n, device=model.device) % spec.num_classes
     out = []
     for i in range(0, n, batch_size):
         m = min(batch_size, n - i)

@@ -1,0 +1,358 @@
+"""The shared adversarial base: a generator against a critic, by backbone, with the stabilisers.
+
+A family (gan.py, wgan.py, wgan_gp.py, cramer.py, fgan.py) subclasses `AdversarialModel`
+with its config (a subclass of `AdversarialConfig` overriding the defaults its paper
+uses) and implements two hooks: `critic_objective` and `generator_objective`. The base
+builds the networks, runs the two-player step schedule and adds the stabilisers, which
+any family can switch on:
+
+- feature matching (Salimans et al. 2016, §3.1),
+- one-sided label smoothing (ibid. §3.4; only families with a real target use it),
+- minibatch discrimination (ibid. §3.2),
+- historical averaging (ibid. §3.3),
+- instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017).
+
+`conditional` makes a cGAN (Mirza & Osindero 2014): the one-hot label is fed to both the
+generator (beside z) and the critic (beside x), and fakes take the labels of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gm.config import ConfigError, spec
+from gm.data.spec import DataSpec
+from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
+from gm.nn.dcgan import DCGANCritic, DCGANGenerator, check_dcgan_data
+from gm.nn.mlp import Activation, bounded_output, check_unconditional, clamp_to_model_space, mlp, rand, randn
+
+# Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
+MBD_KERNEL_DIM = 5
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    arch: Literal["mlp", "dcgan"] = "mlp"  # MLPs for toys/vectors; DCGAN (Radford 2016) for images
+    z_dim: int = spec(8, gt=0)  # latent dimension; 2 is enough for 2-D toys
+    hidden: int = spec(256, gt=0)  # MLP width, or DCGAN base channel count
+    depth: int = spec(3, gt=0)  # MLP hidden layers per net (DCGAN: derived from the image size)
+    activation: Activation = "leaky_relu"  # critic (MLP); DCGAN (Radford 2016): LeakyReLU(0.2) in D, ReLU in G
+    conditional: bool = False  # cGAN (Mirza & Osindero 2014): labels into generator and critic
+    lr_gen: float = spec(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
+    lr_critic: float = spec(2e-4, gt=0)
+    betas: tuple[float, float] = spec((0.5, 0.999), ge=0, lt=1)  # DCGAN, β1 = 0.5
+    optimizer: Literal["adam", "rmsprop"] = "adam"
+    n_critic: int = spec(1, gt=0)  # critic steps per generator step
+    # stabilising techniques, selectable on every adversarial family (Salimans et al. 2016; Sønderby et al. 2017)
+    feature_matching: bool = False  # generator matches E f(x) of the critic's penultimate features
+    label_smoothing: float = spec(0.0, ge=0, lt=0.5)  # one-sided: real target 1 - s (families with a target)
+    minibatch_discrimination: int = spec(0, ge=0)  # number of minibatch-discrimination kernels (0 = off)
+    historical_averaging: float = spec(0.0, ge=0)  # weight of ||θ - mean of past θ||² in both losses
+    instance_noise: float = spec(0.0, ge=0)  # std of Gaussian noise added to every critic input
+    instance_noise_steps: int = spec(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-sided penalty E (‖∇D(x̂)‖₂ - 1)² on x̂ = ε·real + (1 - ε)·fake (WGAN-GP, Eq. 3).
+
+    real, fake: (B, ...) tensors of the shape the critic takes; `critic` maps them to (B, 1)
+    (or (B,)); `eps`: (B,) weights, drawn from U[0, 1] per sample when None. Returns (the mean
+    penalty, differentiable w.r.t. the critic's parameters; the per-sample gradient norms,
+    shape (B,), detached).
+    """
+    b = real.shape[0]
+    if eps is None:
+        eps = rand((b,), device=real.device)
+    eps = eps.to(real).view(b, *([1] * (real.dim() - 1)))  # broadcast over the feature dims
+    x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)  # (B, ...)
+    out = critic(x_hat)  # (B, 1)
+    # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)  # (B, ...)
+    # The tiny constant keeps the sqrt differentiable where a gradient is exactly zero.
+    norms = torch.sqrt(grad.flatten(1).pow(2).sum(1) + 1e-12)  # (B,)
+    return ((norms - 1) ** 2).mean(), norms.detach()
+
+
+def minibatch_features(m: torch.Tensor) -> torch.Tensor:
+    """o(x_i)_b = Σ_j exp(-‖M_{i,b} - M_{j,b}‖_L1) from M = f(x)·T, shape (N, B, C) -> (N, B).
+
+    Salimans et al. 2016, §3.2; the sum runs over the whole minibatch, j = i included (the
+    paper's formula), so every o_b ≥ 1 and a collapsed batch gives o_b = N.
+    """
+    l1 = (m[:, None] - m[None, :]).abs().sum(-1)  # (N, N, B)
+    return torch.exp(-l1).sum(1)  # (N, B)
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """‖E f(x) - E f(G(z))‖₂² over the critic's features, (B, F) each (Salimans et al. 2016, §3.1)."""
+    return (real_features.mean(0) - fake_features.mean(0)).pow(2).sum()
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Appends o(x) ∈ R^B to features f(x) ∈ R^A via a tensor T ∈ R^{A×B×C} (Salimans et al. 2016, §3.2)."""
+
+    def __init__(self, in_features: int, kernels: int, kernel_dim: int = MBD_KERNEL_DIM):
+        super().__init__()
+        self.kernels, self.kernel_dim = kernels, kernel_dim
+        self.T = nn.Parameter(0.1 * torch.randn(in_features, kernels, kernel_dim))  # improved-gan init scale
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        m = torch.einsum("na,abc->nbc", f, self.T)  # (N, B, C)
+        return torch.cat([f, minibatch_features(m)], dim=1)  # (N, A + B)
+
+
+class Critic(nn.Module):
+    """body: input -> features (B, A); optional minibatch discrimination; head: linear -> (B, out)."""
+
+    def __init__(self, body: nn.Module, feature_dim: int, out_dim: int, mbd_kernels: int = 0):
+        super().__init__()
+        self.body = body
+        self.mbd = MinibatchDiscrimination(feature_dim, mbd_kernels) if mbd_kernels else None
+        self.head = nn.Linear(feature_dim + mbd_kernels, out_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)  # (B, A)
+        if self.mbd is not None:
+            h = self.mbd(h)  # (B, A + kernels)
+        return self.head(h), h
+
+
+# --------------------------------------------------------------------------- the base
+
+
+class AdversarialModel(GenerativeModel):
+    """Generator G: (z ~ N(0, I), label) -> x against a critic D: (x, label) -> R^critic_out_dim.
+
+    Step groups: "critic" (n_critic times), then "gen". Subclasses implement
+    `critic_objective` and `generator_objective`; everything else lives here.
+    """
+
+    critic_out_dim: ClassVar[int] = 1  # Cramér GAN overrides (dimension of h(x))
+    likelihood = None
+
+    def __init__(self, config: AdversarialConfig, data: DataSpec):
+        super().__init__(config, data)
+        c = config
+        if c.conditional and not data.num_classes:
+            raise ConfigError("conditional: true needs labelled data (the data spec has no num_classes)")
+        self.num_labels = data.num_classes if c.conditional else 0
+        out_dim = self._critic_out_dim()
+        bound = bounded_output(data)
+        if c.arch == "mlp":
+            self.gen = mlp(c.z_dim + self.num_labels, data.dim, c.hidden, c.depth, "relu", out_activation=bound)
+            # depth hidden layers, each followed by the activation; the head is the last linear layer.
+            body = mlp(data.dim + self.num_labels, c.hidden, c.hidden, c.depth - 1, c.activation,
+                       out_activation=c.activation)
+            self.critic = Critic(body, c.hidden, out_dim, c.minibatch_discrimination)
+        elif c.arch == "dcgan":
+            check_dcgan_data(data)
+            self.gen = DCGANGenerator(c.z_dim + self.num_labels, data.shape, c.hidden, out_activation=bound)
+            channels, h, w = data.shape
+            body = DCGANCritic(channels + self.num_labels, (h, w), c.hidden)
+            self.critic = Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination)
+        else:
+            raise ValueError(f"arch: expected 'mlp' or 'dcgan', got {c.arch!r}")
+        # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
+        self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
+        self._hist_names: dict[str, list[str]] = {}
+        if c.historical_averaging > 0:
+            self._init_historical_averages()
+
+    def _critic_out_dim(self) -> int:
+        return self.critic_out_dim
+
+    # -- networks -----------------------------------------------------------------
+    def _one_hot(self, y: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
+        if not self.num_labels:
+            return None
+        if y is None:
+            raise ValueError(f"{type(self).__name__} is conditional: labels are required")
+        y = torch.as_tensor(y, device=device)
+        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise ValueError(f"labels must be integers, got {y.dtype}")
+        y = y.long().expand(n) if y.dim() == 0 else y.long()
+        if y.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+        if (y < 0).any() or (y >= self.num_labels).any():
+            raise ValueError(f"labels must lie in 0..{self.num_labels - 1}")
+        return F.one_hot(y, self.num_labels).float()  # (n, K)
+
+    def generate(self, n: int, y: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples G(z, y) with gradients, (n, *shape) in model space (tanh-bounded for discrete data)."""
+        device = self.critic_steps.device
+        z = randn((n, self.config.z_dim), generator, device)  # (n, Z)
+        onehot = self._one_hot(y, n, device)
+        if onehot is not None:
+            z = torch.cat([z, onehot], dim=1)  # (n, Z + K)
+        return self.gen(z).view(n, *self.data.shape)
+
+    def instance_noise_std(self) -> float:
+        """The current instance-noise std: linear from `instance_noise` to 0 over `instance_noise_steps`."""
+        c = self.config
+        if c.instance_noise == 0 or c.instance_noise_steps == 0:
+            return c.instance_noise
+        return c.instance_noise * max(0.0, 1.0 - int(self.critic_steps) / c.instance_noise_steps)
+
+    def critic_forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(out (B, critic_out_dim), penultimate features (B, F)) for inputs x (B, *shape) or (B, D).
+
+        In training mode every input gets instance noise; the features include the
+        minibatch-discrimination outputs when those are on.
+        """
+        b = x.shape[0]
+        x = x.reshape(b, *self.data.shape)
+        std = self.instance_noise_std() if self.training else 0.0
+        if std > 0:
+            x = x + std * torch.randn_like(x)
+        onehot = self._one_hot(y, b, x.device)
+        if self.config.arch == "mlp":
+            x = x.flatten(1)  # (B, D)
+            if onehot is not None:
+                x = torch.cat([x, onehot], dim=1)  # (B, D + K)
+        elif onehot is not None:  # label maps as extra channels, (B, C + K, H, W)
+            x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        return self.critic(x)
+
+    def real_target(self) -> float:
+        """The target of real samples: 1 - s under one-sided label smoothing (Salimans et al. 2016, §3.4)."""
+        return 1.0 - self.config.label_smoothing
+
+    # -- family hooks -------------------------------------------------------------
+    def critic_objective(self, real: torch.Tensor, fake: torch.Tensor,
+                         y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The critic's loss to minimise; `fake` is already detached. Returns (loss, logs)."""
+        raise NotImplementedError
+
+    def generator_objective(self, fake: torch.Tensor, y: torch.Tensor | None,
+                            real: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's loss to minimise on fakes with gradients. Returns (loss, logs)."""
+        raise NotImplementedError
+
+    # -- the contract -------------------------------------------------------------
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return list(self.critic.parameters())
+
+    def gen_parameters(self) -> list[nn.Parameter]:
+        return list(self.gen.parameters())
+
+    def step_groups(self) -> list[StepGroup]:
+        c = self.config
+        return [
+            StepGroup("critic", self.critic_parameters(), lr=c.lr_critic, betas=c.betas, optimizer=c.optimizer,
+                      repeats=c.n_critic),
+            StepGroup("gen", self.gen_parameters(), lr=c.lr_gen, betas=c.betas, optimizer=c.optimizer),
+        ]
+
+    def loss(self, batch: Batch, group: str) -> ModelOutput:
+        real = batch.x  # (B, *shape)
+        b = real.shape[0]
+        y = batch.y if self.num_labels else None
+        if self.num_labels and y is None:
+            raise ValueError(f"{type(self).__name__} is conditional: the batch has no labels")
+        if group == "critic":
+            with torch.no_grad():  # the critic's step must not reach into G
+                fake = self.generate(b, y)
+            loss, logs = self.critic_objective(real, fake, y)
+            logs = {"critic_loss": loss.item(), **logs}
+        elif group == "gen":
+            fake = self.generate(b, y)
+            if self.config.feature_matching:
+                with torch.no_grad():
+                    _, real_features = self.critic_forward(real, y)
+                _, fake_features = self.critic_forward(fake, y)
+                loss = feature_matching_loss(real_features, fake_features)
+                logs = {"feature_matching": loss.item()}
+            else:
+                loss, logs = self.generator_objective(fake, y, real)
+            logs = {"gen_loss": loss.item(), **logs}
+        else:
+            raise KeyError(f"{type(self).__name__} has step groups 'critic' and 'gen', got {group!r}")
+        if self.config.historical_averaging > 0:
+            penalty = self.historical_penalty(group)
+            loss = loss + self.config.historical_averaging * penalty
+            logs[f"historical_penalty_{group}"] = penalty.item()  # per group: the loop merges both logs
+        return ModelOutput(loss, logs)
+
+    def after_step(self, group: str) -> None:
+        """Count critic steps (instance-noise annealing) and update the historical averages."""
+        if group == "critic":
+            self.critic_steps += 1
+        if self.config.historical_averaging > 0:
+            self._update_historical_averages(group)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
+        if self.num_labels:
+            if condition is None:
+                raise ValueError(f"{type(self).__name__} is conditional: pass condition= int64 labels of shape (n,)")
+        else:
+            check_unconditional(self, condition)
+        return clamp_to_model_space(self.generate(n, condition, generator), self.data)  # (n, *shape)
+
+    # -- historical averaging (Salimans et al. 2016, §3.3) ------------------------
+    def _group_params(self, group: str) -> list[nn.Parameter]:
+        if group == "critic":
+            return self.critic_parameters()
+        if group == "gen":
+            return self.gen_parameters()
+        raise KeyError(f"{type(self).__name__} has step groups 'critic' and 'gen', got {group!r}")
+
+    def _init_historical_averages(self) -> None:
+        # The running mean (1/t) Σ_{i≤t} θ_i starts at θ_0, so the penalty is zero at the first step.
+        for group in ("critic", "gen"):
+            names = []
+            for i, p in enumerate(self._group_params(group)):
+                name = f"hist_{group}_{i}"
+                self.register_buffer(name, p.detach().clone())
+                names.append(name)
+            self._hist_names[group] = names
+            self.register_buffer(f"hist_{group}_count", torch.ones((), dtype=torch.long))
+
+    def historical_mean(self, group: str) -> list[torch.Tensor]:
+        """The running means of `group`'s parameters, one tensor per parameter."""
+        return [getattr(self, name) for name in self._hist_names[group]]
+
+    def historical_penalty(self, group: str) -> torch.Tensor:
+        """‖θ - (1/t) Σ_i θ_i‖² over the player's own parameters (unweighted)."""
+        params = self._group_params(group)
+        return sum((p - m).pow(2).sum() for p, m in zip(params, self.historical_mean(group)))
+
+    @torch.no_grad()
+    def _update_historical_averages(self, group: str) -> None:
+        count = getattr(self, f"hist_{group}_count")
+        count += 1
+        for p, m in zip(self._group_params(group), self.historical_mean(group)):
+            m.add_((p - m) / count)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def critic_grad_norms(model: AdversarialModel, real: torch.Tensor, fake: torch.Tensor,
+                      y: torch.Tensor | None = None) -> list[float]:
+    """‖∂L_critic/∂W‖₂ for each Linear/Conv weight of the critic, input -> output order.
+
+    L_critic is the family's `critic_objective` (with its penalty, if any) on the given
+    real and fake batches. WGAN-GP's Figure 1b plots these per layer: with weight clipping
+    they explode or vanish with depth, with the gradient penalty they stay stable.
+    Parameters' `.grad` are left untouched.
+    """
+    layers = [m for m in model.critic.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    weights = [m.weight for m in layers]
+    loss, _ = model.critic_objective(real, fake.detach(), y)
+    grads = torch.autograd.grad(loss, weights, allow_unused=True)
+    return [0.0 if g is None else g.norm().item() for g in grads]

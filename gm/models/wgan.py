@@ -1,0 +1,45 @@
+"""WGAN (Arjovsky, Chintala & Bottou 2017): a Wasserstein critic kept Lipschitz by weight clipping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from gm.config import spec
+from gm.models._adversarial import AdversarialConfig, AdversarialModel
+from gm.registry import register_model
+
+
+@dataclass(frozen=True)
+class WGANConfig(AdversarialConfig):
+    clip: float = spec(0.01, gt=0)  # WGAN paper, Alg. 1: c = 0.01
+    optimizer: Literal["adam", "rmsprop"] = "rmsprop"  # WGAN paper, Alg. 1 (momentum-based Adam was unstable, §4)
+    lr_gen: float = spec(5e-5, gt=0)  # WGAN paper, Alg. 1: α = 5e-5
+    lr_critic: float = spec(5e-5, gt=0)  # WGAN paper, Alg. 1: α = 5e-5
+    n_critic: int = spec(5, gt=0)  # WGAN paper, Alg. 1: n_critic = 5
+
+
+@register_model("wgan")
+class WGAN(AdversarialModel):
+    """Generator G: z ~ N(0, I) -> x; critic D: x -> R with every weight clamped to [-c, c]."""
+
+    config_cls = WGANConfig
+
+    def critic_objective(self, real, fake, y):
+        d_real = self.critic_forward(real, y)[0].mean()
+        d_fake = self.critic_forward(fake, y)[0].mean()
+        wasserstein = d_real - d_fake  # the critic's estimate of W(P_r, P_g), up to the Lipschitz constant
+        return -wasserstein, {"wasserstein": wasserstein.item()}
+
+    def generator_objective(self, fake, y, real):
+        return -self.critic_forward(fake, y)[0].mean(), {}
+
+    def after_step(self, group: str) -> None:
+        if group == "critic":  # WGAN paper, Alg. 1, line 7: w <- clip(w, -c, c)
+            c = self.config.clip
+            with torch.no_grad():
+                for p in self.critic_parameters():
+                    p.clamp_(-c, c)
+        super().after_step(group)  # historical averages then see the clipped weights
