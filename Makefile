@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: run test test-fast ui bench setup data clean help
+.PHONY: run test test-fast ui bench setup data clean help profile
 
 help:
 	@echo "make run    - set up .venv, materialise data/, run the DVC pipeline (prepare, train, tune, evaluate, report)"
@@ -42,7 +42,11 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
 
 bench: data
-	$(BIN)/python -m gm.bench
+	$(BIN)/python -m gm.bench $(ARGS)
 
 clean:
 	rm -rf artifacts reports mlflow.db mlartifacts .dvc/tmp
+
+# Another params profile (profiles/$(PROFILE).yaml) in its own workspace: make profile PROFILE=adversarial
+profile: $(STAMP)
+	$(BIN)/python -m gm.profiles $(PROFILE)

@@ -162,7 +162,7 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
-def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path]) -> str:
+def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path], figures: list[Path]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>gm leaderboard</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
@@ -178,6 +178,8 @@ def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path]) 
         parts.append("</div>")
     if plots:
         parts.append("<h2>training and tuning curves</h2>" + "".join(_img(p) for p in plots))
+    if figures:
+        parts.append("<h2>reproduced figures</h2>" + "".join(_img(p) for p in figures))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -191,7 +193,8 @@ def build_report(root: Path, out: Path) -> dict:
     notes = featurizer_notes(root, rows)
     (out / "leaderboard.md").write_text(markdown(tabs, notes))
     plots = curves_plot(root, out)
-    (out / "index.html").write_text(html_page(tabs, notes, rows, plots))
+    figures = sorted((out / "figures").glob("*.png"))  # the figures stage's reproductions
+    (out / "index.html").write_text(html_page(tabs, notes, rows, plots, figures))
     flat = {r["experiment"]: {k: v for k, v in r.items() if k in COLUMNS or k.removesuffix("_std") in COLUMNS}
             for r in rows}
     write_json(out / "metrics.json", flat)
