@@ -32,10 +32,14 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    # Train gives a worker group 60 s to start; a busy 2-core machine needs longer to spawn
+    # workers that import torch (a timeout fails the trial). Jobs pass it on to every worker.
+    env_vars = {k: os.environ.setdefault(k, v) for k, v in (("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
+                                                            ("RAY_TRAIN_V2_ENABLED", "1"))}
     # The dashboard serves Ray's state API, which Train V2's placement-group cleaner needs to free
     # the workers of a trial that Tune stops early (ray-project/ray#54305): keep it on.
-    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet)
+    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
+                  runtime_env={"env_vars": env_vars})
     if params.address == "local":
         ray.init(address="local", num_cpus=params.num_cpus, **kwargs)
     else:
