@@ -41,7 +41,10 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
                   runtime_env={"env_vars": env_vars})
     if params.address == "local":
-        ray.init(address="local", num_cpus=params.num_cpus, **kwargs)
+        # a port of our own: a second local Ray on the machine (another pipeline, a test) would
+        # otherwise find 8265 taken and run without the state API
+        ray.init(address="local", num_cpus=params.num_cpus, dashboard_host="127.0.0.1",
+                 dashboard_port=free_port(), **kwargs)
     else:
         ray.init(address=params.address, **kwargs)
     import ray.data
@@ -49,6 +52,14 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def storage_path(params: RayParams, repo_root: Path) -> str:
