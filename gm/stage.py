@@ -60,6 +60,8 @@ def record_time(module: str, args, started: float) -> None:
     """artifacts/timings/<stage>.json: wall time of a successful stage (read by `make bench`)."""
     from gm.files import write_json
 
-    label = module.rsplit(".", 1)[-1] + "".join(f"@{a}" for a in args if not str(a).startswith("-"))
+    spec = getattr(sys.modules.get(module), "__spec__", None)  # `python -m pipelines.x` runs as __main__
+    name = spec.name if spec is not None else module
+    label = name.rsplit(".", 1)[-1] + "".join(f"@{a}" for a in args if not str(a).startswith("-"))
     write_json(root() / "artifacts" / "timings" / f"{label}.json",
                {"stage": label, "started": started, "seconds": time.time() - started})
