@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -36,6 +37,7 @@ def local_ray():
     init_ray(parse_params(tiny_params()).ray)
     yield
     ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)  # init_ray pinned the state API to this cluster
 
 
 def test_two_workers_recover_from_a_failure_and_export_the_best_checkpoint(local_ray, prepared, tmp_path):

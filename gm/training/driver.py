@@ -39,7 +39,8 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     # The dashboard serves Ray's state API, which Train V2's placement-group cleaner needs to free
     # the workers of a trial that Tune stops early (ray-project/ray#54305): keep it on.
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
-                  runtime_env={"env_vars": env_vars})
+                  runtime_env={"env_vars": env_vars,
+                               "worker_process_setup_hook": "gm.training.driver.pin_ray_address"})
     if params.address == "local":
         # a port of our own: a second local Ray on the machine (another pipeline, a test) would
         # otherwise find 8265 taken and run without the state API
@@ -49,9 +50,22 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
         ray.init(address=params.address, **kwargs)
     import ray.data
 
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the driver's state API too
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+def pin_ray_address() -> None:
+    """Worker set-up hook: point Ray's state API at this worker's own cluster.
+
+    The state API finds its cluster by scanning the machine; with two local Rays running
+    (two pipelines, a test beside a run) it gives up, and Train's placement-group cleaner
+    then cannot free the workers of a trial Tune stopped early, which hangs the sweep.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def free_port() -> int:
