@@ -1,6 +1,6 @@
 """Metrics as pure functions returning flat {name: float}; importing this fills METRICS."""
 
-from gm.metrics.images import class_metrics, fd, frechet_distance, kid, pixel_scores
+from gm.metrics.images import class_metrics, fd, frechet_distance, kid
 from gm.metrics.likelihood import bits_per_dim, data_space_log_prob
 from gm.metrics.prdc import prdc
 from gm.metrics.toy import mode_metrics, toy_report, w1, w1_noise_floor
@@ -13,7 +13,6 @@ __all__ = [
     "frechet_distance",
     "kid",
     "mode_metrics",
-    "pixel_scores",
     "prdc",
     "toy_report",
     "w1",

@@ -1,8 +1,8 @@
 """Sample-quality metrics on feature vectors: Fréchet distance, KID and class statistics.
 
-Until a trained featurizer exists, pixel_scores computes them on raw pixels, with a
-logistic-regression classifier standing in for the Inception classifier. Pixel-space
-numbers are only comparable with other pixel-space numbers on the same data.
+The features come from the dataset's featurizer (gm.featurizer), or are the pixels
+themselves where there is none (gm.evaluation.FeatureSpace); numbers are only comparable
+within one feature space, which evaluation records as the featurizer's hash.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import warnings
 
 import numpy as np
 from scipy import linalg
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from gm.registry import register_metric
 
@@ -125,37 +122,4 @@ def class_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, f
         "class_coverage": float(np.count_nonzero(counts)) / num_classes,
         "class_entropy": entropy,
         "class_entropy_ratio": entropy / math.log(num_classes),
-    }
-
-
-def _flatten(images: np.ndarray) -> np.ndarray:
-    return np.asarray(images, dtype=np.float64).reshape(len(images), -1)  # (N, D)
-
-
-def pixel_scores(samples: np.ndarray, train_x: np.ndarray, train_y: np.ndarray,
-                 test_x: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Provisional sample quality of images (N, *shape) in raw pixel space.
-
-    FD and KID of the flattened samples against held-out test_x (M, *shape); class
-    coverage and entropy of the samples as labelled by a logistic-regression classifier
-    fitted on train_x (T, *shape) / train_y (T,). Fitting on train and comparing with
-    test keeps the reference set unseen by the classifier and the model alike.
-    Returns {"fd_pixel", "kid_pixel", "kid_pixel_std", "class_coverage",
-    "class_entropy", "class_entropy_ratio"}.
-    """
-    samples, train_x, test_x = _flatten(samples), _flatten(train_x), _flatten(test_x)
-
-    # Standardised pixels let lbfgs converge in ~30 steps on digits; lbfgs is deterministic.
-    classifier = make_pipeline(StandardScaler(),
-                               LogisticRegression(max_iter=5000, random_state=seed))
-    classifier.fit(train_x, train_y)
-    classes = classifier.classes_
-    predicted = np.searchsorted(classes, classifier.predict(samples))  # labels -> 0..C-1
-
-    kid_scores = kid(samples, test_x, seed=seed)
-    return {
-        "fd_pixel": fd(samples, test_x)["fd"],
-        "kid_pixel": kid_scores["kid"],
-        "kid_pixel_std": kid_scores["kid_std"],
-        **class_metrics(predicted, len(classes)),
     }
