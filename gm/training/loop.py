@@ -226,6 +226,9 @@ def train_loop_per_worker(config: dict) -> dict:
     tp = exp.train
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
+    # one intra-op thread per reserved CPU: workers sharing cores with more threads than that
+    # spin against each other (an order of magnitude slower on 2 cores)
+    torch.set_num_threads(max(1, int(tp.scaling.cpus_per_worker)))
     device = torch.device("cuda" if tp.scaling.use_gpu and torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         from ray.train.torch import get_device
