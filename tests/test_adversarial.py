@@ -29,6 +29,7 @@ from gm.models.gan import discriminator_loss
 from gm.models.wgan import WGANConfig
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator
 from gm.registry import MODELS, SPACES
+from tests.conftest import seeded
 
 TOY = DataSpec(shape=(2,), kind="toy")
 LABELLED = DataSpec(shape=(2,), kind="toy", num_classes=2)
@@ -38,16 +39,6 @@ ADVERSARIAL = sorted(f for f, cls in MODELS.items() if issubclass(cls, Adversari
 MINE = ["cramer", "gan", "wgan", "wgan_gp"]  # the families defined next to the base
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def small(family: str, data: DataSpec = TOY, **overrides) -> AdversarialModel:

@@ -23,13 +23,6 @@ NAMES = sorted(DIVERGENCES)
 F_AT_1 = {"gan": -math.log(4)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def scalar(fn, x: float) -> float:
     return float(fn(torch.tensor(x, dtype=torch.float64)))

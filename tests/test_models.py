@@ -19,6 +19,7 @@ from gm.models.vae import VAE, VAEConfig, gaussian_kl
 from gm.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
 from gm.nn.mlp import mlp, normal_log_prob
 from gm.registry import MODELS
+from tests.conftest import seeded
 
 TOY = DataSpec(shape=(2,), kind="toy")
 IMAGE = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
@@ -48,18 +49,6 @@ def make_batch(data: DataSpec, b: int = 32, seed: int = 0) -> Batch:
     return Batch(x=x, y=y)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Every tensor here is tiny: intra-op threads only add overhead, and contention on a
-    # shared CI box makes their spin-waits slow the file down many times over.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def seeded(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def perturb(model: nn.Module, std: float, seed: int = 0) -> None:
