@@ -11,6 +11,7 @@ import json
 import math
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -125,8 +126,6 @@ def log_history(history: Iterable[Mapping], step_key: str = "step") -> None:
     """Every reported dict as metric points at its step (training and tuning curves)."""
     import mlflow
     from mlflow.entities import Metric
-
-    import time
 
     now = int(time.time() * 1000)
     batch = []

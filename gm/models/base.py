@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -128,13 +128,3 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> GenerativeMo
     model.load_state_dict(torch.load(directory / "weights.pt", map_location=map_location, weights_only=True))
     model.eval()
     return model
-
-
-def parameters_of(*modules: nn.Module) -> list[nn.Parameter]:
-    return [p for m in modules for p in m.parameters()]
-
-
-def iter_groups(groups: Iterable[StepGroup]) -> Iterable[tuple[StepGroup, int]]:
-    for g in groups:
-        for i in range(g.repeats):
-            yield g, i
