@@ -351,6 +351,58 @@ def test_all_stabilisers_together_train(family):
     assert model.sample(4, generator=seeded(0)).shape == (4, 2)
 
 
+# --------------------------------------------------------------------------- packing (PacGAN)
+
+
+@pytest.mark.parametrize("family", ADVERSARIAL)
+def test_packed_critic_reads_groups_of_consecutive_samples(family):
+    model = small(family, LABELLED, conditional=True, pack=4)
+    batch = toy_batch(8, labelled=True)
+    x, y = batch.x, batch.y
+    out, features = model.critic_forward(x, y)
+    assert out.shape[0] == features.shape[0] == 2  # 8 samples -> 2 packs of 4
+    # The same critic on the hand-made packs: each pack is its 4 (x, onehot(y)) rows side by side.
+    rows = torch.cat([x, F.one_hot(y, 2).float()], dim=1)  # (8, 4)
+    by_hand, _ = model.critic(rows.reshape(2, 16))
+    torch.testing.assert_close(out, by_hand)
+    with pytest.raises(ValueError, match="whole packs"):
+        model.critic_forward(x[:6], y[:6])
+
+
+def test_packed_dcgan_critic_stacks_channels():
+    model = small("gan", DIGITS, arch="dcgan", conditional=True, pack=2)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    y = torch.tensor([0, 3, 5, 9])
+    out, _ = model.critic_forward(x, y)
+    assert out.shape == (2, 1)
+    assert model.sample(5, generator=seeded(0), condition=torch.arange(5)).shape == (5, 1, 8, 8)
+
+
+@pytest.mark.parametrize("pack", [1, 2, 4])
+def test_gradient_penalty_of_a_packed_linear_critic(pack):
+    # D(x_1..x_m) = Σ_i w_i·x_i: the gradient w.r.t. one pack is (w_1..w_m), norm ‖w‖ over all
+    # m·2 weights, whatever the pack holds; per sample it would be only ‖w_i‖.
+    model = small("wgan_gp", depth=1, pack=pack, gp_weight=1.0)
+    w = torch.arange(1.0, 2 * pack + 1)  # (2m,)
+    lin = nn.Linear(2 * pack, 1)
+    with torch.no_grad():
+        lin.weight.copy_(w[None])
+    model.critic.body = nn.Identity()
+    model.critic.head = lin
+    out = model.loss(toy_batch(16), "critic")
+    norm = w.norm().item()
+    assert out.logs["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    assert out.logs["gp"] == pytest.approx((norm - 1.0) ** 2, rel=1e-5)
+
+
+def test_packing_trains_every_family():
+    for family in ADVERSARIAL:
+        model = small(family, pack=2, n_critic=1)
+        for group in ("critic", "gen"):
+            step(model, group, toy_batch(8))
+        assert all(torch.isfinite(p).all() for p in model.parameters()), family
+
+
 # --------------------------------------------------------------------------- conditional GAN
 
 
@@ -484,7 +536,7 @@ def test_critic_grad_norms_one_per_layer(family):
 # --------------------------------------------------------------------------- tune spaces
 
 
-@pytest.mark.parametrize("family", MINE)
+@pytest.mark.parametrize("family", ADVERSARIAL)
 def test_search_spaces_name_real_fields(family):
     import dataclasses
 

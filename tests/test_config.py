@@ -56,6 +56,7 @@ def mutate(path: str, value):
     ("tune.sweeps.vae-digits.space", {"model.depthh": {"choice": [1]}}, "unknown knob 'model.depthh'"),
     ("tune.sweeps.vae-digits.space", {"model.beta": {"choice": [1.0, -2.0]}}, "value -2.0 is out of range"),
     ("evaluate.n_samples", 0, "evaluate.n_samples: expected a value > 0"),
+    ("experiments.wgan_gp-ring8.model.pack", 3, "experiments.wgan_gp-ring8.model.pack: expected a divisor of train.batch_size"),
     ("tuning", {}, "tuning: unknown section"),
 ])
 def test_bad_values_name_the_field(path, value, expect):
@@ -64,6 +65,15 @@ def test_bad_values_name_the_field(path, value, expect):
     msg = str(e.value)
     assert expect in msg
     assert "\n" not in msg
+
+
+def test_a_sweep_is_checked_against_the_family_cross_section_rules():
+    raw = mutate("experiments.wgan_gp-ring8.model.pack", 4)
+    raw["tune"]["sweeps"]["pack"] = {"experiment": "wgan_gp-ring8",
+                                     "space": {"train.batch_size": {"choice": [32, 30]}}}
+    with pytest.raises(ConfigError, match=r"tune.sweeps.pack.space.train.batch_size: value 30 conflicts with "
+                                          r"model.pack: expected a divisor of train.batch_size \(30\), got 4"):
+        parse(raw)
 
 
 def test_a_family_without_search_space_is_a_clear_error(monkeypatch):

@@ -12,7 +12,20 @@ def gan_space() -> dict:
     return {
         "model.lr_gen": {"loguniform": [5e-5, 1e-3]},
         "model.lr_critic": {"loguniform": [5e-5, 1e-3]},
+        "model.n_critic": {"choice": [1, 2, 5]},
         "model.hidden": {"choice": [64, 128, 256]},
+    }
+
+
+@register_space("fgan")
+def fgan_space() -> dict:
+    from gm.models.fgan import DIVERGENCES
+
+    return {
+        "model.divergence": {"choice": sorted(DIVERGENCES)},  # which f the critic estimates
+        "model.lr_gen": {"loguniform": [5e-5, 1e-3]},
+        "model.lr_critic": {"loguniform": [5e-5, 1e-3]},
+        "model.n_critic": {"choice": [1, 2, 5]},
     }
 
 

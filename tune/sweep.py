@@ -55,9 +55,16 @@ def check_space(space: Mapping, exp: ExperimentConfig, where: str) -> dict:
         values = list(args) if arity is None else [args[0], args[1] if kind != "randint" else args[1] - 1]
         for v in values:  # each value must build a valid config
             try:
-                build(type(target), {**dataclasses.asdict(target), f.name: v}, at)
+                built = build(type(target), {**dataclasses.asdict(target), f.name: v}, at)
             except ConfigError as e:
                 raise ConfigError(f"{at}: value {v!r} is out of range ({str(e).split(': ', 1)[-1]})") from None
+            model, train = (built, exp.train) if target is exp.model else (exp.model, built)
+            validate_train = getattr(model, "validate_train", None)  # the family's cross-section checks
+            try:
+                if validate_train is not None:
+                    validate_train(train)
+            except ConfigError as e:
+                raise ConfigError(f"{at}: value {v!r} conflicts with model.{e}") from None
         out[key] = {kind: list(args)}
     return out
 

@@ -10,7 +10,8 @@ any family can switch on:
 - one-sided label smoothing (ibid. §3.4; only families with a real target use it),
 - minibatch discrimination (ibid. §3.2),
 - historical averaging (ibid. §3.3),
-- instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017).
+- instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017),
+- packing (PacGAN, Lin et al. 2018): the critic judges `pack` samples at once.
 
 `conditional` makes a cGAN (Mirza & Osindero 2014): the one-hot label is fed to both the
 generator (beside z) and the critic (beside x), and fakes take the labels of the batch.
@@ -55,30 +56,39 @@ class AdversarialConfig:
     historical_averaging: float = spec(0.0, ge=0)  # weight of ||θ - mean of past θ||² in both losses
     instance_noise: float = spec(0.0, ge=0)  # std of Gaussian noise added to every critic input
     instance_noise_steps: int = spec(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
+    pack: int = spec(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
+
+    def validate_train(self, train) -> None:
+        """Checks against the training section: packing needs whole packs in every batch."""
+        if train.batch_size % self.pack:
+            raise ConfigError(f"pack: expected a divisor of train.batch_size ({train.batch_size}), got {self.pack}")
 
 
 # --------------------------------------------------------------------------- pure functions
 
 
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
-                     eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     eps: torch.Tensor | None = None, pack: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-sided penalty E (‖∇D(x̂)‖₂ - 1)² on x̂ = ε·real + (1 - ε)·fake (WGAN-GP, Eq. 3).
 
-    real, fake: (B, ...) tensors of the shape the critic takes; `critic` maps them to (B, 1)
-    (or (B,)); `eps`: (B,) weights, drawn from U[0, 1] per sample when None. Returns (the mean
-    penalty, differentiable w.r.t. the critic's parameters; the per-sample gradient norms,
-    shape (B,), detached).
+    real, fake: (B, ...) tensors of the shape the critic takes; `critic` maps them to one
+    value per critic input. With `pack` > 1 the critic reads consecutive groups of `pack`
+    samples as one input (PacGAN), so ε and the gradient norm are per group of G = B / pack;
+    `eps`: (G,) weights, drawn from U[0, 1] when None. Returns (the mean penalty,
+    differentiable w.r.t. the critic's parameters; the per-input gradient norms, shape (G,),
+    detached).
     """
     b = real.shape[0]
+    g = b // pack
     if eps is None:
-        eps = rand((b,), device=real.device)
-    eps = eps.to(real).view(b, *([1] * (real.dim() - 1)))  # broadcast over the feature dims
+        eps = rand((g,), device=real.device)
+    eps = eps.to(real).repeat_interleave(pack).view(b, *([1] * (real.dim() - 1)))  # broadcast over features
     x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)  # (B, ...)
     out = critic(x_hat)  # (B, 1)
     # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
     (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)  # (B, ...)
     # The tiny constant keeps the sqrt differentiable where a gradient is exactly zero.
-    norms = torch.sqrt(grad.flatten(1).pow(2).sum(1) + 1e-12)  # (B,)
+    norms = torch.sqrt(grad.reshape(g, -1).pow(2).sum(1) + 1e-12)  # (G,)
     return ((norms - 1) ** 2).mean(), norms.detach()
 
 
@@ -153,14 +163,14 @@ class AdversarialModel(GenerativeModel):
         if c.arch == "mlp":
             self.gen = mlp(c.z_dim + self.num_labels, data.dim, c.hidden, c.depth, "relu", out_activation=bound)
             # depth hidden layers, each followed by the activation; the head is the last linear layer.
-            body = mlp(data.dim + self.num_labels, c.hidden, c.hidden, c.depth - 1, c.activation,
+            body = mlp((data.dim + self.num_labels) * c.pack, c.hidden, c.hidden, c.depth - 1, c.activation,
                        out_activation=c.activation)
             self.critic = Critic(body, c.hidden, out_dim, c.minibatch_discrimination)
         elif c.arch == "dcgan":
             check_dcgan_data(data)
             self.gen = DCGANGenerator(c.z_dim + self.num_labels, data.shape, c.hidden, out_activation=bound)
             channels, h, w = data.shape
-            body = DCGANCritic(channels + self.num_labels, (h, w), c.hidden)
+            body = DCGANCritic((channels + self.num_labels) * c.pack, (h, w), c.hidden)
             self.critic = Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination)
         else:
             raise ValueError(f"arch: expected 'mlp' or 'dcgan', got {c.arch!r}")
@@ -207,12 +217,17 @@ class AdversarialModel(GenerativeModel):
         return c.instance_noise * max(0.0, 1.0 - int(self.critic_steps) / c.instance_noise_steps)
 
     def critic_forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(out (B, critic_out_dim), penultimate features (B, F)) for inputs x (B, *shape) or (B, D).
+        """(out (G, critic_out_dim), penultimate features (G, F)) for inputs x (B, *shape) or (B, D).
 
-        In training mode every input gets instance noise; the features include the
+        G = B / pack: with packing, consecutive groups of `pack` samples (with their labels)
+        are concatenated into one critic input, features (MLP) or channels (DCGAN). In
+        training mode every input gets instance noise; the features include the
         minibatch-discrimination outputs when those are on.
         """
         b = x.shape[0]
+        m = self.config.pack
+        if b % m:
+            raise ValueError(f"pack = {m}: the critic needs a batch of whole packs, got {b} samples")
         x = x.reshape(b, *self.data.shape)
         std = self.instance_noise_std() if self.training else 0.0
         if std > 0:
@@ -224,6 +239,8 @@ class AdversarialModel(GenerativeModel):
                 x = torch.cat([x, onehot], dim=1)  # (B, D + K)
         elif onehot is not None:  # label maps as extra channels, (B, C + K, H, W)
             x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
+        if m > 1:
+            x = x.reshape(b // m, m * x.shape[1], *x.shape[2:])  # (G, m·(D + K)) or (G, m·(C + K), H, W)
         return self.critic(x)
 
     def real_target(self) -> float:

@@ -66,7 +66,7 @@ class CramerGAN(AdversarialModel):
         return self.config.h_dim
 
     def h(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        return self.critic_forward(x, y)[0]  # (B, h_dim)
+        return self.critic_forward(x, y)[0]  # (B / pack, h_dim)
 
     def critic_objective(self, real, fake, y):
         with torch.no_grad():
@@ -75,7 +75,8 @@ class CramerGAN(AdversarialModel):
         f_real = cramer_critic(self.h(real, y), h_ref)  # (B,)
         f_fake = cramer_critic(self.h(fake, y), h_ref)  # (B,)
         surrogate = f_real.mean() - f_fake.mean()
-        gp, norms = gradient_penalty(lambda x: cramer_critic(self.h(x, y), h_ref), real, fake)
+        gp, norms = gradient_penalty(lambda x: cramer_critic(self.h(x, y), h_ref), real, fake,
+                                     pack=self.config.pack)
         loss = -surrogate + self.config.gp_weight * gp
         return loss, {"surrogate": surrogate.item(), "gp": gp.item(), "grad_norm": norms.mean().item()}
 

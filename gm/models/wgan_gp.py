@@ -32,7 +32,7 @@ class WGANGP(AdversarialModel):
     def critic_objective(self, real, fake, y):
         d_real = self.critic_forward(real, y)[0].mean()
         d_fake = self.critic_forward(fake, y)[0].mean()
-        gp, norms = gradient_penalty(lambda x: self.critic_forward(x, y)[0], real, fake)
+        gp, norms = gradient_penalty(lambda x: self.critic_forward(x, y)[0], real, fake, pack=self.config.pack)
         wasserstein = d_real - d_fake  # the critic's estimate of W(P_r, P_g)
         loss = -wasserstein + self.config.gp_weight * gp
         return loss, {"wasserstein": wasserstein.item(), "gp": gp.item(), "grad_norm": norms.mean().item()}
