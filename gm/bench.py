@@ -58,7 +58,8 @@ def bare_steps_per_s(exp, data_dir: Path, steps: int, threads: int) -> float:
     x, y = read_split(data_dir, "train")
     torch.manual_seed(exp.train.seed)
     model = build_model(exp.family, exp.model, spec)
-    stepper = Stepper(model, spec, torch.device("cpu"), torch.Generator().manual_seed(exp.train.seed))
+    stepper = Stepper(model, spec, torch.device("cpu"), torch.Generator().manual_seed(exp.train.seed),
+                      exp.train.lr_schedule, exp.train.steps)
     batches = iter(BatchStream(_ArrayShard(x, y), spec.shape, exp.train.batch_size, True, exp.train.seed))
     run_steps(stepper, batches, 0, 10)  # warm-up, as the Ray loop's first steps also pay it
     _, seconds = run_steps(stepper, batches, 10, 10 + steps)

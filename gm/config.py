@@ -222,6 +222,7 @@ class TrainParams:
     seeds: int = spec(1, gt=0)  # replicate runs with seeds seed, seed+1, ...: results as mean ± std
     num_to_keep: int = spec(1, ge=1)  # best checkpoints kept; Ray always keeps the latest as well
     max_failures: int = spec(2, ge=-1)  # worker/node failures survived by resuming from the latest checkpoint
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # every group's lr, from its value to 0 over steps
     data_in_memory: bool = True  # pull each worker's shard once (small data); False streams every epoch
     fail_once_at_step: int | None = spec(None, gt=0)  # fault injection for recovery tests
     scaling: ScalingParams = field(default_factory=ScalingParams)

@@ -149,13 +149,40 @@ def all_finite(loss: torch.Tensor) -> bool:
 # ------------------------------------------------------------------------- the step loop
 
 
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The multiplier of the base learning rate at `step` of `total`: 1 throughout ("constant"),
+    1 - step/total ("linear") or (1 + cos(π step/total)) / 2 ("cosine"); both decays reach 0
+    at `total`."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return 1.0 - t
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"lr_schedule: expected 'constant', 'linear' or 'cosine', got {schedule!r}")
+
+
 class Stepper:
     """Runs the family's step schedule: for each group, `repeats` optimizer steps."""
 
-    def __init__(self, model: GenerativeModel, spec: DataSpec, device: torch.device, generator: torch.Generator):
+    def __init__(self, model: GenerativeModel, spec: DataSpec, device: torch.device, generator: torch.Generator,
+                 lr_schedule: str = "constant", total_steps: int = 1):
         self.model, self.spec, self.device, self.generator = model, spec, device, generator
         self.groups = model.step_groups()
         self.optimizers = [g.make_optimizer() for g in self.groups]
+        self.lr_schedule, self.total_steps = lr_schedule, total_steps
+
+    def set_learning_rates(self, step: int) -> None:
+        """Every group's lr at `step`: its configured lr times the schedule's factor.
+
+        Stateless (a function of the step alone), so a run resumed from a checkpoint
+        continues on the same schedule.
+        """
+        factor = lr_factor(self.lr_schedule, step, self.total_steps)
+        for group, opt in zip(self.groups, self.optimizers):
+            for pg in opt.param_groups:
+                pg["lr"] = group.lr * factor
 
     def to_batch(self, xy) -> Batch:
         x, y = xy
@@ -166,6 +193,7 @@ class Stepper:
     def iteration(self, batches: Iterator, step: int) -> dict[str, float]:
         logs: dict[str, float] = {}
         self.model.train()
+        self.set_learning_rates(step)
         for group, opt in zip(self.groups, self.optimizers):
             for _ in range(group.repeats):
                 out = self.model.loss(self.to_batch(next(batches)), group.name)
@@ -240,7 +268,7 @@ def train_loop_per_worker(config: dict) -> dict:
     sync_initial_state(model)
     torch.manual_seed(tp.seed + 1000 * rank + 1)  # different noise per rank
     generator = torch.Generator(device=device).manual_seed(tp.seed + 1000 * rank + 2)
-    stepper = Stepper(model, spec, device, generator)
+    stepper = Stepper(model, spec, device, generator, tp.lr_schedule, tp.steps)
 
     nodes = gather_nodes()
     start, best, resumed_from = 0, math.inf, None
