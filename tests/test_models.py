@@ -375,7 +375,7 @@ def test_iwae_bounds_tighten_towards_log_likelihood():
     model = fixed_vae(z_dim=1)
     x = make_batch(TOY, b=4).x  # (4, 2)
     z = torch.linspace(-12, 12, 24_001).view(-1, 1, 1)  # (G, 1, 1)
-    log_joint = model.log_likelihood(x, z) + normal_log_prob(z).sum(-1)  # (G, 4)
+    log_joint = model.log_px(x, z) + normal_log_prob(z).sum(-1)  # (G, 4)
     log_px = torch.logsumexp(log_joint, 0) + math.log(24 / 24_000)  # (4,)
 
     reps = 200
@@ -383,18 +383,20 @@ def test_iwae_bounds_tighten_towards_log_likelihood():
     elbo = model.elbo(xr, generator=seeded(0)).view(reps, 4).mean(0)
     l1 = model.iwae_bound(xr, 1, generator=seeded(1)).view(reps, 4).mean(0)
     l64 = model.iwae_bound(xr, 64, generator=seeded(2)).view(reps, 4).mean(0)
-    l5000 = model.iwae_bound(x, 5000, generator=seeded(3))
+    draws = model.iwae_bound(x.repeat(16, 1), 2000, generator=seeded(3)).view(16, 4)
+    l2000, se = draws.mean(0), draws.std(0) / 4  # the mean of 16 draws and its standard error
     assert (l64 > elbo).all() and (l64 > l1).all()
-    assert (l5000 > l1).all() and (l5000 >= l64 - 0.02).all()
-    assert (l5000 <= log_px + 0.02).all(), (l5000, log_px)  # a lower bound (up to sampling noise)
-    assert ((log_px - l5000) < (log_px - elbo) / 2).all(), "L_5000 should close most of the ELBO's gap"
+    assert (l2000 > l1).all() and (l2000 >= l64 - 0.02).all()
+    # A lower bound in expectation: E L_k <= log p(x), so the mean may exceed it by noise only.
+    assert (l2000 <= log_px + 4 * se + 1e-3).all(), (l2000, se, log_px)
+    assert ((log_px - l2000) < (log_px - elbo) / 2).all(), "L_2000 should close most of the ELBO's gap"
 
 
 @torch.no_grad()
 def test_iwae_is_chunked_exactly(monkeypatch):
     # The running log-sum-exp over chunks must equal one log-mean-exp over all k samples.
     # torch.randn's stream depends on the tensor size, so feed both runs the same noise pool.
-    import gm.models.vae as vae_module
+    import gm.models._latent as latent_module
 
     model = fixed_vae()
     x = make_batch(TOY, b=3).x
@@ -409,8 +411,8 @@ def test_iwae_is_chunked_exactly(monkeypatch):
             used[0] += n
             return out
 
-        monkeypatch.setattr(vae_module, "randn", pooled_randn)
-        monkeypatch.setattr(vae_module, "_IWAE_CHUNK_ELEMENTS", chunk_elements)
+        monkeypatch.setattr(latent_module, "randn", pooled_randn)
+        monkeypatch.setattr(latent_module, "IWAE_CHUNK_ELEMENTS", chunk_elements)
         bound = model.iwae_bound(x, 50)
         assert used[0] == pool.numel()
         return bound
@@ -422,7 +424,7 @@ def test_iwae_is_chunked_exactly(monkeypatch):
     mu, logvar = model.encode(x)
     eps = pool.view(50, 3, -1)
     z = mu + torch.exp(0.5 * logvar) * eps
-    log_w = (model.log_likelihood(x, z) + normal_log_prob(z).sum(-1)
+    log_w = (model.log_px(x, z) + normal_log_prob(z).sum(-1)
              - normal_log_prob(z, mu, 0.5 * logvar).sum(-1))  # (50, 3)
     assert torch.allclose(whole, log_w.double().exp().mean(0).log().float(), atol=1e-5)
 
@@ -430,10 +432,10 @@ def test_iwae_is_chunked_exactly(monkeypatch):
 def test_vae_decoder_log_std_floor():
     model = small_model("vae", TOY, min_log_std=-3.0)
     with torch.no_grad():
-        model.log_std.fill_(-10.0)
-    assert (model.decoder_log_std() == -3.0).all()
+        model.obs.log_std.fill_(-10.0)
+    assert (model.obs.floored_log_std() == -3.0).all()
     model.after_step("vae")
-    assert (model.log_std == -3.0).all()
+    assert (model.obs.log_std == -3.0).all()
 
 
 # --------------------------------------------------------------------------- RealNVP

@@ -1,0 +1,154 @@
+"""The shared latent-variable base: an encoder, a decoder with an observation head, a prior, and
+the importance-weighted bound for every family whose posterior q(z|x) has a density.
+
+A family (vae.py, and the other encoder-decoder families) subclasses `LatentVariableModel`
+with its config (a subclass of `LatentConfig`) and implements `loss`. Families with an
+explicit q(z|x) also implement `posterior` (k reparameterised draws with their log q), and
+then inherit `elbo`, `iwae_bound` and `log_prob` (the bound L_k, Burda et al. 2015), so
+their test NLL is an honest upper bound. Families whose encoder has no density (AAE, WAE,
+AVB's implicit encoder) keep `likelihood = None`.
+
+Shapes: x (B, *shape) model space; z (B, Z) or (k, B, Z) for k draws per row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gm.config import spec
+from gm.data.spec import DataSpec
+from gm.models.base import GenerativeModel
+from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp, normal_log_prob, randn
+from gm.nn.observation import ObservationName, make_observation
+
+# Elements per tensor in one IWAE chunk (samples × rows × width): ~16 MB in float32.
+IWAE_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    z_dim: int = spec(8, gt=0)  # latent dimension; WAE/Burda-style MNIST models use 8-50
+    hidden: int = spec(256, gt=0)
+    depth: int = spec(2, gt=0)  # hidden layers in encoder and decoder (Burda 2015: 2 deterministic layers)
+    activation: Activation = "relu"
+    lr: float = spec(1e-3, gt=0)  # Burda 2015, §5: Adam, initial lr 1e-3
+    decoder: ObservationName = "gaussian"  # p(x|z); discrete data: logistic or categorical give exact bits/dim
+    decoder_components: int = spec(1, gt=0)  # logistic mixture components per dimension
+    min_log_std: float = -7.0  # floor of the Gaussian decoder's log σ: on toys σ would otherwise shrink without end
+    iwae_k: int = spec(64, gt=0)  # importance samples for log_prob (Burda 2015 report k = 5000 for tight numbers)
+    sample_noise: bool = True  # sample x ~ p(x|z); False returns the decoder's mean (pythae's convention)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise KL(N(μ, exp(logvar)) ‖ N(0, 1)) in nats (Kingma & Welling 2014, App. B)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def gaussian_posterior_sample(mu: torch.Tensor, logvar: torch.Tensor, k: int | None = None,
+                              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised z = μ + σ ε and log N(z; μ, σ²) summed over Z.
+
+    mu, logvar (B, Z); k None gives z (B, Z) and log q (B,), else (k, B, Z) and (k, B).
+    """
+    shape = mu.shape if k is None else (k, *mu.shape)
+    eps = randn(shape, generator, mu.device)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_q = (normal_log_prob(eps) - 0.5 * logvar).sum(-1)  # N(z; μ, σ²) via ε: the Jacobian is 1/σ
+    return z, log_q
+
+
+class LatentVariableModel(GenerativeModel):
+    """Decoder z -> params of p(x|z) (an `Observation` head), a prior p(z) (N(0, I) unless overridden)."""
+
+    likelihood = "bound"
+
+    def __init__(self, config: LatentConfig, data: DataSpec):
+        super().__init__(config, data)
+        c = config
+        self.obs = make_observation(c.decoder, data, c.min_log_std, c.decoder_components)
+        self.decoder = mlp(c.z_dim, data.dim * self.obs.params_per_dim, c.hidden, c.depth, c.activation)
+
+    # -- pieces subclasses may override ---------------------------------------------------
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., Z) -> the observation's params (..., D·P)."""
+        return self.decoder(z)
+
+    def log_px(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) summed over dims; x (B, *shape), z (..., B, Z) -> (..., B)."""
+        return self.obs.log_prob(self.decode(z), x.flatten(1))
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) summed over Z: (..., Z) -> (...)."""
+        return normal_log_prob(z).sum(-1)
+
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return randn((n, self.config.z_dim), generator, self.device)  # (n, Z)
+
+    def posterior(self, x: torch.Tensor, k: int | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised z ~ q(z|x) and log q(z|x): (B, Z), (B,) or, with k, (k, B, Z), (k, B)."""
+        raise NotImplementedError(f"{type(self).__name__} has no explicit posterior density")
+
+    def after_step(self, group: str) -> None:
+        self.obs.after_step()
+
+    # -- bounds -----------------------------------------------------------------------------
+    def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One-sample ELBO log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x), per row: (B,)."""
+        z, log_q = self.posterior(x, None, generator)
+        return self.log_px(x, z) + self.prior_log_prob(z) - log_q
+
+    def iwae_bound(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-row IWAE bound L_k = log (1/k) Σ_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda 2015).
+
+        (B, *shape) -> (B,) nats. The k samples are drawn in chunks sized to bound memory and
+        combined with a running log-sum-exp, so large k neither overflows nor underflows.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        b = x.shape[0]
+        width = max(self.data.dim * self.obs.params_per_dim, self.config.hidden, self.config.z_dim)
+        chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, b * width)))
+        total = torch.full((b,), -math.inf, dtype=torch.float32, device=x.device)
+        for start in range(0, k, chunk):
+            z, log_q = self.posterior(x, min(chunk, k - start), generator)  # (kc, B, Z), (kc, B)
+            log_w = self.log_px(x, z) + self.prior_log_prob(z) - log_q  # (kc, B)
+            total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+        return total - math.log(k)
+
+    # -- the contract -------------------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """The IWAE bound L_k (k = `iwae_k`) per row, in nats; a stochastic lower bound on log p(x)."""
+        check_unconditional(self, condition)
+        return self.iwae_bound(x, self.config.iwae_k)
+
+    def decode_sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z) (or its mean without `sample_noise`), clamped to model space: (n, *shape)."""
+        params = self.decode(z)
+        x = self.obs.sample(params, generator) if self.config.sample_noise else self.obs.mean(params)
+        return clamp_to_model_space(x, self.data).view(z.shape[0], *self.data.shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
+        check_unconditional(self, condition)
+        return self.decode_sample(self.prior_sample(n, generator), generator)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean at the posterior mean code (or the encoder's code): (B, *shape)."""
+        z = self.encode_mean(x)
+        return clamp_to_model_space(self.obs.mean(self.decode(z)), self.data).view(x.shape)
+
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """A point code for x (B, Z): the posterior mean, or a deterministic encoder's output."""
+        raise NotImplementedError
+
+
+def encoder_net(config: LatentConfig, data: DataSpec, out_dim: int, extra_in: int = 0) -> nn.Sequential:
+    """The MLP encoder: flattened x (plus `extra_in` inputs, e.g. AVB's noise) -> out_dim."""
+    return mlp(data.dim + extra_in, out_dim, config.hidden, config.depth, config.activation)
