@@ -157,6 +157,42 @@ def curves_plot(root: Path, out: Path) -> list[Path]:
     return made
 
 
+def rate_distortion_plots(root: Path, out: Path) -> list[Path]:
+    """For every sweep of a VAE-like family: each trial's validation rate (KL) against its
+    distortion (-E log p(x|z)) at its last report, labelled by the swept knobs (β for a β sweep)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    made = []
+    for p in sorted((root / "artifacts" / "tune").glob("*/trials.parquet")):
+        df = pd.read_parquet(p)
+        if not {"val_rate", "val_distortion"} <= set(df.columns):
+            continue
+        df = df[df["status"] == "ok"].dropna(subset=["val_rate", "val_distortion"])
+        if df.empty:
+            continue
+        knobs = [c for c in df.columns if c.startswith("config.")]
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        ax.scatter(df["val_rate"], df["val_distortion"])
+        for _, r in df.iterrows():
+            label = ", ".join(f"{c.rsplit('.', 1)[-1]}={r[c]:.3g}" if isinstance(r[c], float) else
+                              f"{c.rsplit('.', 1)[-1]}={r[c]}" for c in knobs)
+            ax.annotate(label, (r["val_rate"], r["val_distortion"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xlabel("rate: KL(q(z|x) || p(z)), nats")
+        ax.set_ylabel("distortion: -E log p(x|z), nats")
+        ax.set_title(f"rate-distortion: {p.parent.name} (validation, last report)")
+        fig.tight_layout()
+        path = out / f"rate_distortion_{p.parent.name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
@@ -192,7 +228,7 @@ def build_report(root: Path, out: Path) -> dict:
     tabs = tables(rows)
     notes = featurizer_notes(root, rows)
     (out / "leaderboard.md").write_text(markdown(tabs, notes))
-    plots = curves_plot(root, out)
+    plots = curves_plot(root, out) + rate_distortion_plots(root, out)
     figures = sorted((out / "figures").glob("*.png"))  # the figures stage's reproductions
     (out / "index.html").write_text(html_page(tabs, notes, rows, plots, figures))
     flat = {r["experiment"]: {k: v for k, v in r.items() if k in COLUMNS or k.removesuffix("_std") in COLUMNS}

@@ -36,6 +36,9 @@ def trial_rows(grid) -> list[dict]:
             "status": "error" if r.error is not None else "ok",
             "error": str(r.error).splitlines()[0][:300] if r.error is not None else "",
             "curve": df[["step", METRIC]].to_dict("records") if df is not None and METRIC in df else [],
+            # where a VAE-like trial ended on the rate-distortion plane (see gm.training.validate)
+            **{k: float(df[k].dropna().iloc[-1]) for k in ("val_rate", "val_distortion")
+               if df is not None and k in df and df[k].notna().any()},
         })
     return rows
 

@@ -58,3 +58,20 @@ def test_vae_trains_with_every_head_on_digits(decoder):
         s = model.sample(5, generator=seeded(4))
         assert s.shape == (5, 1, 8, 8) and s.min() >= -1 and s.max() < 1
         assert model.reconstruct(x).shape == x.shape
+
+
+def test_validation_reports_rate_and_distortion_of_a_vae():
+    import numpy as np
+
+    from gm.training.validate import validation_scores
+
+    toy = DataSpec(shape=(2,), kind="toy")
+    model = MODELS["vae"](build(MODELS["vae"].config_cls, {"hidden": 16, "z_dim": 2, "iwae_k": 4}, "m"), toy).eval()
+    x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
+    scores = validation_scores(model, toy, x, 100)
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.from_numpy(x))
+        rate = gaussian_kl(mu, logvar).sum(-1).mean().item()
+        elbo = model.elbo(torch.from_numpy(x).repeat(50, 1), generator=seeded(0)).mean().item()
+    assert scores["val_rate"] == pytest.approx(rate, rel=1e-5)  # the KL is analytic
+    assert scores["val_rate"] + scores["val_distortion"] == pytest.approx(-elbo, rel=0.05)  # -ELBO, by MC

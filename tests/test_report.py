@@ -48,3 +48,20 @@ def test_build_report_writes_markdown_html_and_metrics(tmp_path):
     html = (tmp_path / "reports" / "index.html").read_text()
     assert "<table>" in html and "1.5 ± 0.1" in html and "PacGAN" in html
     assert "## ring8" in (tmp_path / "reports" / "leaderboard.md").read_text()
+
+
+def test_rate_distortion_plot_for_sweeps_that_report_rate_and_distortion(tmp_path):
+    import pandas as pd
+
+    from gm.report import rate_distortion_plots
+
+    tune = tmp_path / "artifacts" / "tune"
+    (tune / "beta").mkdir(parents=True)
+    (tune / "clip").mkdir(parents=True)
+    pd.DataFrame({"config.model.beta": [0.5, 1.0, 4.0], "status": ["ok", "ok", "error"],
+                  "val_rate": [30.0, 20.0, None], "val_distortion": [50.0, 60.0, None]}
+                 ).to_parquet(tune / "beta" / "trials.parquet")
+    pd.DataFrame({"config.model.clip": [0.01], "status": ["ok"]}).to_parquet(tune / "clip" / "trials.parquet")
+    made = rate_distortion_plots(tmp_path, tmp_path)
+    assert [p.name for p in made] == ["rate_distortion_beta.png"]  # a GAN sweep has no rate
+    assert made[0].stat().st_size > 1000
