@@ -28,7 +28,8 @@ FAMILIES = sorted(MODELS)
 
 # Capacity knobs every family has; extra knobs only where a family's default would be slow.
 SMALL = {"hidden": 32, "depth": 2}
-SMALL_EXTRA = {"realnvp": {"n_layers": 4}, "vae": {"iwae_k": 8}}
+SMALL_EXTRA = {"realnvp": {"n_layers": 4}, "vae": {"iwae_k": 8}, "vae_flow": {"iwae_k": 8},
+               "catvae": {"iwae_k": 8, "n_latent": 4, "n_categories": 4}}
 
 
 def small_model(family: str, data: DataSpec, **overrides) -> GenerativeModel:
@@ -169,7 +170,7 @@ def test_log_prob_shape(family, spec_name):
     assert lp.shape == (7,) and torch.isfinite(lp).all()
 
 
-@pytest.mark.parametrize("family", ["gan", "wgan_gp", "vae", "realnvp"])
+@pytest.mark.parametrize("family", sorted(MODELS))
 def test_discrete_samples_lie_in_model_space(family):
     model = small_model(family, IMAGE)
     perturb(model, 0.5)  # push outputs well beyond [-1, 1) before squashing/clamping
@@ -177,7 +178,7 @@ def test_discrete_samples_lie_in_model_space(family):
     assert x.min() >= -1 and x.max() < 1
 
 
-@pytest.mark.parametrize("family", ["gan", "wgan_gp", "vae", "realnvp"])
+@pytest.mark.parametrize("family", sorted(MODELS))
 def test_condition_is_refused_by_unconditional_models(family):
     model = small_model(family, IMAGE)
     with pytest.raises(ValueError, match="unconditional"):
@@ -502,3 +503,17 @@ def test_realnvp_learns_a_shifted_correlated_gaussian():
     entropy = math.log(2 * math.pi * math.e) + torch.logdet(chol).item()  # the best achievable NLL
     assert before > entropy + 5
     assert after < entropy + 0.2, (before, after, entropy)
+
+
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_every_family_has_a_search_space_that_builds(family):
+    import tune.spaces  # noqa: F401  (fills SPACES)
+    from gm.config import ExperimentConfig, TrainParams
+    from gm.registry import SPACES
+    from tune.sweep import check_space
+
+    cls = MODELS[family]
+    exp = ExperimentConfig(name="x", family=family, dataset="d", model=build(cls.config_cls, {}, "m"),
+                           train=TrainParams())
+    space = SPACES.get_or_fail(family)()
+    assert check_space(space, exp, "space") == space  # every knob a real field, every end in range

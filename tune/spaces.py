@@ -73,3 +73,71 @@ def realnvp_space() -> dict:
         "model.hidden": {"choice": [64, 128, 256]},
         "model.lr": {"loguniform": [1e-4, 3e-3]},
     }
+
+
+@register_space("vae_flow")
+def vae_flow_space() -> dict:
+    return {
+        "model.beta": {"loguniform": [0.1, 4.0]},
+        "model.posterior_flow": {"choice": ["planar", "iaf"]},
+        "model.posterior_layers": {"choice": [2, 4, 8]},
+        "model.prior_flow": {"choice": ["none", "maf"]},
+        "model.z_dim": {"choice": [4, 8, 16]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("catvae")
+def catvae_space() -> dict:
+    return {  # z_dim is derived from n_latent and n_categories, so it is not a knob
+        "model.beta": {"loguniform": [0.1, 4.0]},
+        "model.n_latent": {"choice": [10, 20, 30]},
+        "model.n_categories": {"choice": [4, 10, 16]},
+        "model.tau_min": {"choice": [0.3, 0.5, 0.7]},
+        "model.anneal_rate": {"loguniform": [1e-5, 1e-3]},
+        "model.straight_through": {"choice": [False, True]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("vqvae")
+def vqvae_space() -> dict:
+    return {
+        "model.beta": {"loguniform": [0.05, 2.0]},  # the commitment β; the paper's 0.25 is mid-range
+        "model.codebook_size": {"choice": [16, 32, 64, 128]},
+        "model.code_dim": {"choice": [8, 16, 32]},
+        "model.lr": {"loguniform": [2e-4, 3e-3]},
+        "model.prior_lr": {"loguniform": [3e-4, 3e-3]},
+        "model.ema_decay": {"uniform": [0.9, 0.999]},  # γ = 0.99 (van den Oord et al. 2017, App. A.1)
+    }
+
+
+@register_space("aae")
+def aae_space() -> dict:
+    return {
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+        "model.lr_disc": {"loguniform": [5e-5, 2e-3]},
+        "model.lr_gen": {"loguniform": [5e-5, 2e-3]},
+        "model.z_dim": {"choice": [2, 4, 8, 16]},
+        "model.n_disc": {"choice": [1, 2, 5]},
+    }
+
+
+@register_space("wae")
+def wae_space() -> dict:
+    return {
+        "model.lam": {"loguniform": [0.1, 100.0]},  # λ; the paper's 10 (MMD) and 1 (GAN) sit inside
+        "model.z_dim": {"choice": [4, 8, 16]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("avb")
+def avb_space() -> dict:
+    return {
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+        "model.lr_disc": {"loguniform": [1e-4, 3e-3]},
+        "model.z_dim": {"choice": [4, 8, 16]},
+        "model.noise_dim": {"choice": [4, 8, 16]},
+        "model.adaptive_contrast": {"choice": [False, True]},
+    }

@@ -96,6 +96,10 @@ class LatentVariableModel(GenerativeModel):
     def after_step(self, group: str) -> None:
         self.obs.after_step()
 
+    def iwae_width(self) -> int:
+        """The widest per-draw activation of one bound evaluation (sizes the IWAE chunks)."""
+        return max(self.data.dim * self.obs.params_per_dim, self.config.hidden, self.config.z_dim)
+
     # -- bounds -----------------------------------------------------------------------------
     def elbo(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """One-sample ELBO log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x), per row: (B,)."""
@@ -111,8 +115,7 @@ class LatentVariableModel(GenerativeModel):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         b = x.shape[0]
-        width = max(self.data.dim * self.obs.params_per_dim, self.config.hidden, self.config.z_dim)
-        chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, b * width)))
+        chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, b * self.iwae_width())))
         total = torch.full((b,), -math.inf, dtype=torch.float32, device=x.device)
         for start in range(0, k, chunk):
             z, log_q = self.posterior(x, min(chunk, k - start), generator)  # (kc, B, Z), (kc, B)
@@ -123,6 +126,8 @@ class LatentVariableModel(GenerativeModel):
     # -- the contract -------------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """The IWAE bound L_k (k = `iwae_k`) per row, in nats; a stochastic lower bound on log p(x)."""
+        if self.likelihood is None:
+            raise NotImplementedError(f"{type(self).__name__} has no explicit q(z|x), so no likelihood bound")
         check_unconditional(self, condition)
         return self.iwae_bound(x, self.config.iwae_k)
 

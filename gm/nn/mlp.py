@@ -92,6 +92,17 @@ def rand(shape: tuple[int, ...], generator: torch.Generator | None = None,
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
+def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of probs (..., K) as int64 (...,), by the inverse CDF of U[0, 1) noise.
+
+    The noise comes from `rand`, so a CPU generator works with a model on a GPU and a seed
+    gives the same draws on every device (torch.multinomial needs both on one device).
+    """
+    u = rand((*probs.shape[:-1], 1), generator, probs.device)
+    # The index of the first CDF value above u (the clamp guards against rounding at 1).
+    return (probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
 def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
                     log_std: torch.Tensor | float = 0.0) -> torch.Tensor:
     """Elementwise log N(x; mean, exp(log_std)^2) in nats; sum over the last dims yourself."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from gm.config import ConfigError
 from gm.data.spec import DataSpec
-from gm.nn.mlp import normal_log_prob, rand, randn
+from gm.nn.mlp import categorical, normal_log_prob, rand, randn
 
 ObservationName = Literal["gaussian", "bernoulli", "categorical", "logistic"]
 
@@ -72,8 +72,7 @@ def discretized_logistic_mixture_log_prob(v: torch.Tensor, logit_pi: torch.Tenso
 def sample_discretized_logistic_mixture(logit_pi: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor,
                                         data: DataSpec, generator: torch.Generator | None = None) -> torch.Tensor:
     """Levels v (...,) drawn from the discretized mixture with parameters (..., K)."""
-    k = torch.multinomial(F.softmax(logit_pi, -1).reshape(-1, logit_pi.shape[-1]), 1,
-                          generator=generator).view(logit_pi.shape[:-1])  # (...,)
+    k = categorical(F.softmax(logit_pi, -1), generator)  # (...,) the component of each element
     m = mean.gather(-1, k.unsqueeze(-1)).squeeze(-1)
     s = log_scale.gather(-1, k.unsqueeze(-1)).squeeze(-1).exp()
     u = rand(m.shape, generator, m.device).clamp(1e-5, 1 - 1e-5)
@@ -178,10 +177,7 @@ class CategoricalObservation(Observation):
         return self._discrete_density(F.log_softmax(logits, -1).gather(-1, v.unsqueeze(-1)).squeeze(-1))
 
     def sample(self, params, generator=None):
-        logits = self.split(params)
-        probs = F.softmax(logits, -1).reshape(-1, self.params_per_dim)
-        v = torch.multinomial(probs, 1, generator=generator).view(logits.shape[:-1])
-        return bin_centres(v, self.data)
+        return bin_centres(categorical(F.softmax(self.split(params), -1), generator), self.data)
 
     def mean(self, params):
         probs = F.softmax(self.split(params), -1)  # (..., D, L)
