@@ -100,3 +100,24 @@ def prepared(tmp_path_factory) -> Path:
         prepare(name, src, root, root / "artifacts" / "prepared", params.data_seed, params.val_fraction,
                 params.test_fraction)
     return root
+
+
+def train_single_group(model, x, steps: int, check=None) -> list[float]:
+    """`steps` optimizer steps of a one-group model on the fixed batch x; returns the losses.
+
+    `check(out)` runs on every step's ModelOutput (e.g. the loss decomposition)."""
+    from gm.models.base import Batch
+
+    (group,) = model.step_groups()
+    opt = group.make_optimizer()
+    losses = []
+    for _ in range(steps):
+        out = model.loss(Batch(x), group.name)
+        if check is not None:
+            check(out)
+        losses.append(out.loss.item())
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        model.after_step(group.name)
+    return losses

@@ -14,7 +14,7 @@ from gm.config import ConfigError, build, to_dict
 from gm.data.spec import DataSpec
 from gm.models.base import Batch, load_model, save_model
 from gm.models.catvae import CatVAE, CatVAEConfig, categorical_kl_to_uniform, gumbel_noise, gumbel_softmax
-from tests.conftest import seeded
+from tests.conftest import seeded, train_single_group
 
 TOY = DataSpec(shape=(2,), kind="toy")
 DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
@@ -181,16 +181,13 @@ def test_catvae_trains(straight_through):
     model = cat_vae(n_latent=4, n_categories=4, hidden=32, lr=3e-3, straight_through=straight_through,
                     anneal_rate=1e-2)
     x = torch.randn(64, 2, generator=seeded(0)) * torch.tensor([2.0, 0.5]) + 1.0
-    (group,) = model.step_groups()
-    opt = group.make_optimizer()
-    losses = []
-    for _ in range(30):
-        out = model.loss(Batch(x), "vae")
+    outs = []
+
+    def check(out):
         assert out.loss.item() == pytest.approx(out.logs["recon"] + out.logs["kl"], rel=1e-5)
-        losses.append(out.loss.item())
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.after_step("vae")
+        outs.append(out)
+
+    losses = train_single_group(model, x, 30, check)
+    out = outs[-1]
     assert sum(losses[-5:]) < sum(losses[:5]), losses
     assert model.step.item() == 30 and out.logs["tau"] == pytest.approx(max(0.5, math.exp(-0.29)), rel=1e-5)

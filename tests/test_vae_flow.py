@@ -20,12 +20,11 @@ from gm.flows import (
     PlanarFlow,
     RadialFlow,
     iaf_flows,
-    maf_flows,
     planar_flows,
 )
-from gm.models.base import Batch, load_model, save_model
+from gm.models.base import load_model, save_model
 from gm.models.vae_flow import VAEFlow, VAEFlowConfig
-from tests.conftest import seeded
+from tests.conftest import seeded, train_single_group
 
 TOY = DataSpec(shape=(2,), kind="toy")
 D = 4
@@ -286,17 +285,10 @@ def test_posterior_log_density_is_the_change_of_variables():
 def test_vae_flow_trains_and_round_trips(overrides, tmp_path):
     model = flow_vae(lr=3e-3, iwae_k=8, **overrides)
     x = torch.randn(64, 2, generator=seeded(0)) * torch.tensor([2.0, 0.5]) + 1.0
-    (group,) = model.step_groups()
-    opt = group.make_optimizer()
-    losses = []
-    for _ in range(30):
-        out = model.loss(Batch(x), "vae")
+    def check(out):
         assert out.loss.item() == pytest.approx(out.logs["recon"] + model.config.beta * out.logs["kl"], rel=1e-5)
-        losses.append(out.loss.item())
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.after_step("vae")
+
+    losses = train_single_group(model, x, 30, check)
     assert sum(losses[-5:]) < sum(losses[:5]), losses
     model.eval()
     loaded = load_model(save_model(model, tmp_path / "m"))

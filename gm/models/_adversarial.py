@@ -30,7 +30,16 @@ from gm.config import ConfigError, spec
 from gm.data.spec import DataSpec
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator, check_dcgan_data
-from gm.nn.mlp import Activation, bounded_output, check_unconditional, clamp_to_model_space, mlp, rand, randn
+from gm.nn.mlp import (
+    Activation,
+    bounded_output,
+    check_unconditional,
+    clamp_to_model_space,
+    label_count,
+    mlp,
+    rand,
+    randn,
+)
 
 # Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
 MBD_KERNEL_DIM = 5
@@ -155,9 +164,7 @@ class AdversarialModel(GenerativeModel):
     def __init__(self, config: AdversarialConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        if c.conditional and not data.num_classes:
-            raise ConfigError("conditional: true needs labelled data (the data spec has no num_classes)")
-        self.num_labels = data.num_classes if c.conditional else 0
+        self.num_labels = label_count(c.conditional, data)
         out_dim = self._critic_out_dim()
         bound = bounded_output(data)
         if c.arch == "mlp":

@@ -21,7 +21,7 @@ from torch import nn
 
 from gm.config import spec
 from gm.data.spec import DataSpec
-from gm.models.base import GenerativeModel
+from gm.models.base import GenerativeModel, ModelOutput
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp, normal_log_prob, randn
 from gm.nn.observation import ObservationName, make_observation
 
@@ -95,6 +95,14 @@ class LatentVariableModel(GenerativeModel):
 
     def after_step(self, group: str) -> None:
         self.obs.after_step()
+
+    def beta_elbo_output(self, recon: torch.Tensor, kl: torch.Tensor, **extra: float) -> ModelOutput:
+        """The β-weighted loss recon + β·KL of batch means, logged with the β = 1 ELBO (whatever β trains)."""
+        loss = recon + self.config.beta * kl
+        logs = {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(), "elbo": -(recon + kl).item(), **extra}
+        if hasattr(self.obs, "log_std"):
+            logs["decoder_log_std"] = self.obs.floored_log_std().mean().item()
+        return ModelOutput(loss, logs)
 
     def iwae_width(self) -> int:
         """The widest per-draw activation of one bound evaluation (sizes the IWAE chunks)."""

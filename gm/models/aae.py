@@ -27,12 +27,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from gm.config import ConfigError, spec
+from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, gaussian_posterior_sample
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss, generator_loss
-from gm.nn.mlp import check_unconditional, mlp, randn
+from gm.nn.mlp import check_unconditional, label_count, mlp, randn
 from gm.registry import register_model
 
 __all__ = ["AAE", "AAEConfig", "class_prior_means"]
@@ -83,9 +83,7 @@ class AAE(LatentVariableModel):
     def __init__(self, config: AAEConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        if c.conditional and not data.num_classes:
-            raise ConfigError("conditional: true needs labelled data (the data spec has no num_classes)")
-        self.num_labels = data.num_classes if c.conditional else 0
+        self.num_labels = label_count(c.conditional, data)
         out = 2 * c.z_dim if c.encoder == "gaussian" else c.z_dim  # (μ, log σ²) or z
         self.encoder = encoder_net(c, data, out)
         self.disc = mlp(c.z_dim + self.num_labels, 1, c.disc_hidden, c.disc_depth, c.activation)

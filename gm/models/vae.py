@@ -72,10 +72,4 @@ class VAE(LatentVariableModel):
         if group != "vae":
             raise KeyError(f"VAE has the single step group 'vae', got {group!r}")
         recon, kl = self.recon_and_kl(batch.x)
-        recon, kl = recon.mean(), kl.mean()
-        loss = recon + self.config.beta * kl
-        logs = {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(),
-                "elbo": -(recon + kl).item()}  # the β = 1 bound, whatever β trains
-        if hasattr(self.obs, "log_std"):
-            logs["decoder_log_std"] = self.obs.floored_log_std().mean().item()
-        return ModelOutput(loss, logs)
+        return self.beta_elbo_output(recon.mean(), kl.mean())

@@ -130,9 +130,4 @@ class VAEFlow(LatentVariableModel):
         z, log_q = self.posterior(batch.x)  # (B, Z), (B,)
         recon = -self.log_px(batch.x, z).mean()
         kl = (log_q - self.prior_log_prob(z)).mean()  # a Monte Carlo KL: no closed form under a flow
-        loss = recon + self.config.beta * kl
-        logs = {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(),
-                "elbo": -(recon + kl).item()}  # the β = 1 bound, whatever β trains
-        if hasattr(self.obs, "log_std"):
-            logs["decoder_log_std"] = self.obs.floored_log_std().mean().item()
-        return ModelOutput(loss, logs)
+        return self.beta_elbo_output(recon, kl)

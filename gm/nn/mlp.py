@@ -110,6 +110,16 @@ def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
     return -0.5 * (((x - mean) * torch.exp(-log_std)) ** 2 + LOG_2PI) - log_std
 
 
+def label_count(conditional: bool, data: DataSpec) -> int:
+    """How many classes a label-conditioned model reads (0 when not conditional); refuses
+    `conditional: true` on data without labels."""
+    from gm.config import ConfigError
+
+    if conditional and not data.num_classes:
+        raise ConfigError("conditional: true needs labelled data (the data spec has no num_classes)")
+    return data.num_classes if conditional else 0
+
+
 def check_unconditional(model: nn.Module, condition: torch.Tensor | None) -> None:
     """Refuse a condition in a model that cannot use one, rather than ignore it silently."""
     if condition is not None:
