@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from gm.config import spec
 from gm.data.io import read_meta, read_split
@@ -73,6 +74,30 @@ class ModelSampler:
 
     def log_prob(self, x: np.ndarray, seed: int) -> np.ndarray:
         return data_log_prob(self.model, self.spec, x, seed=seed)
+
+    @torch.no_grad()
+    def reconstruct(self, x: np.ndarray, seed: int) -> np.ndarray | None:
+        """Data-space reconstructions of x (decoder mean at the code of x) by an autoencoding
+        family; None for families without an encoder."""
+        if not hasattr(self.model, "reconstruct"):
+            return None
+        xm = self.spec.to_model(torch.from_numpy(np.asarray(x, dtype=np.float32)),
+                                generator=torch.Generator().manual_seed(seed)).to(self.model.device)
+        return self.spec.to_data(self.model.reconstruct(xm)).cpu().numpy()
+
+    @torch.no_grad()
+    def extra_metrics(self, x: np.ndarray, seed: int) -> dict[str, float]:
+        """Family-specific test metrics: reconstruction error (data space, per dimension) for
+        autoencoders, codebook perplexity for vector-quantised ones."""
+        out: dict[str, float] = {}
+        recon = self.reconstruct(x, seed)
+        if recon is not None:
+            out["test_recon_mse"] = float(np.mean((recon.reshape(len(x), -1) - x.reshape(len(x), -1)) ** 2))
+        if hasattr(self.model, "codebook_perplexity"):
+            xm = self.spec.to_model(torch.from_numpy(np.asarray(x, dtype=np.float32)),
+                                    generator=torch.Generator().manual_seed(seed)).to(self.model.device)
+            out["codebook_perplexity"] = float(self.model.codebook_perplexity(xm))
+        return out
 
 
 def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
@@ -155,6 +180,10 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
     elif finite:
         metrics.update(image_metrics(samples, test_x, space or FeatureSpace(PIXELS), params, seed,
                                      ev.spec.num_classes))
+
+    extra = getattr(ev, "extra_metrics", None)
+    if extra is not None:
+        metrics.update(extra(test_x, seed))
 
     if ev.likelihood is not None:
         from gm.metrics.likelihood import bits_per_dim

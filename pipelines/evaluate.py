@@ -14,6 +14,8 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from gm import stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
 from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_samples
@@ -95,13 +97,21 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
     test_x, _ = read_split(data_dir, "test")
     plot = plot_samples(out / "samples.png", first_samples[: params.evaluate.plot_samples], test_x, meta,
                         f"{c.label} ({c.family} on {c.dataset})")
+    plots = [plot]
+    first = next(iter(c.samplers.values()))
+    recon = first.reconstruct(test_x[:50], params.evaluate.seed) if hasattr(first, "reconstruct") else None
+    if recon is not None and meta["kind"] == "image":  # rows of 10 test images, each over its reconstruction
+        pairs = np.stack([test_x[:50].reshape(5, 10, *test_x.shape[1:]), recon.reshape(5, 10, *test_x.shape[1:])], 1)
+        plots.append(plot_samples(out / "reconstructions.png", pairs.reshape(100, *test_x.shape[1:]), test_x, meta,
+                                  f"{c.label}: test images (odd rows) and reconstructions (even rows)"))
     tags = tracking.stage_tags("evaluate", c.label, root, c.dataset, **{"gm.family": c.family,
                                                                         "gm.featurizer": summary["featurizer"]})
     with tracking.run(f"evaluate/{c.label}", tags):
         tracking.log_params({"evaluate": vars(params.evaluate) | {"source": c.source,
                                                                    "model_versions": summary["registered_versions"]}})
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
-        tracking.log_artifacts(plot)
+        for p in plots:
+            tracking.log_artifacts(p)
         tracking.log_artifacts(out / "metrics.json")
     for seed, version in c.versions.items():
         if version is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 from sklearn.datasets import load_digits
 
@@ -21,3 +23,30 @@ def test_image_metrics_separate_real_digits_from_noise_in_pixel_space():
     assert "class_coverage" not in real  # pixels have no classifier
     assert real["fd"] < 0.1 * fake["fd"] and real["kid"] < 0.1 * fake["kid"]
     assert real["precision"] > 0.5 and fake["precision"] < 0.05 and fake["coverage"] < 0.05
+
+
+def test_family_specific_test_metrics():
+    import numpy as np
+    import torch
+
+    import gm.models  # noqa: F401
+    from gm.config import build
+    from gm.data.spec import DataSpec
+    from gm.evaluation import ModelSampler
+    from gm.registry import MODELS
+
+    digits = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
+    x = np.random.default_rng(0).integers(0, 17, size=(20, 1, 8, 8)).astype(np.float32)
+
+    def sampler(family, **cfg):
+        torch.manual_seed(0)
+        cls = MODELS[family]
+        return ModelSampler(cls(build(cls.config_cls, {"hidden": 16, **cfg}, "m"), digits).eval())
+
+    vae = sampler("vae", decoder="logistic").extra_metrics(x, 0)
+    recon = sampler("vae", decoder="logistic").reconstruct(x, 0)
+    assert recon.shape == x.shape and set(np.unique(recon)) <= set(range(17))  # back on the 17 levels
+    assert vae == {"test_recon_mse": pytest.approx(float(np.mean((recon - x) ** 2)))}
+    vq = sampler("vqvae", codebook_size=8).extra_metrics(x, 0)
+    assert set(vq) == {"test_recon_mse", "codebook_perplexity"} and 1.0 <= vq["codebook_perplexity"] <= 8.0
+    assert sampler("gan", arch="dcgan").extra_metrics(x, 0) == {}
