@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
 from sklearn.datasets import load_digits
 
 from gm.evaluation import PIXELS, EvaluateParams, FeatureSpace, image_metrics
