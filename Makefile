@@ -48,5 +48,6 @@ clean:
 	rm -rf artifacts reports mlflow.db mlartifacts .dvc/tmp
 
 # Another params profile (profiles/$(PROFILE).yaml) in its own workspace: make profile PROFILE=adversarial
+# (ARGS=--keep-code resumes it with the code the workspace already has)
 profile: $(STAMP)
-	$(BIN)/python -m gm.profiles $(PROFILE)
+	$(BIN)/python -m gm.profiles $(PROFILE) $(ARGS)

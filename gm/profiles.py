@@ -44,11 +44,15 @@ def copy_checkout(src: Path, dest: Path) -> Path:
     return dest
 
 
-def run_profile(name: str, root: Path) -> Path:
+def run_profile(name: str, root: Path, keep_code: bool = False) -> Path:
+    """Run profiles/<name>.yaml in its workspace; `keep_code` leaves the workspace's copy of
+    the code as it is (only params.yaml is refreshed), so an interrupted benchmark resumes
+    without retraining what code changes elsewhere in the checkout would invalidate."""
     profile = root / "profiles" / f"{name}.yaml"
     load_params(profile)  # a bad profile fails here, in one line, before anything is copied
     work = root / "artifacts" / "profiles" / name
-    copy_checkout(root, work)
+    if not keep_code or not (work / ".git").is_dir():
+        copy_checkout(root, work)
     shutil.copy2(profile, work / "params.yaml")
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "GM_ROOT": str(work)}
@@ -67,8 +71,10 @@ def run_profile(name: str, root: Path) -> Path:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("profile", help="a file profiles/<name>.yaml")
+    p.add_argument("--keep-code", action="store_true",
+                   help="resume with the workspace's existing copy of the code (refresh params.yaml only)")
     args = p.parse_args(argv)
-    dest = stage.guarded(lambda: run_profile(args.profile, stage.root()))
+    dest = stage.guarded(lambda: run_profile(args.profile, stage.root(), args.keep_code))
     print(f"profile {args.profile}: reports in {dest}")
 
 
