@@ -141,3 +141,54 @@ def avb_space() -> dict:
         "model.noise_dim": {"choice": [4, 8, 16]},
         "model.adaptive_contrast": {"choice": [False, True]},
     }
+
+
+@register_space("nice")
+def nice_space() -> dict:
+    return {
+        "model.n_layers": {"choice": [4, 6, 8]},
+        "model.hidden": {"choice": [128, 256, 512]},
+        "model.depth": {"choice": [2, 3, 4]},
+        "model.prior": {"choice": ["gaussian", "logistic"]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("glow")
+def glow_space() -> dict:
+    return {  # levels <= 3 fits 8x8 digits; on toys levels only multiplies the steps
+        "model.levels": {"choice": [1, 2, 3]},
+        "model.steps_per_level": {"choice": [4, 8, 16]},
+        "model.hidden": {"choice": [32, 64, 128]},
+        "model.coupling": {"choice": ["affine", "additive"]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("maf")
+def maf_space() -> dict:
+    return {
+        "model.n_layers": {"choice": [3, 5, 10]},
+        "model.hidden": {"choice": [64, 128, 256]},
+        "model.depth": {"choice": [1, 2]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("iaf")
+def iaf_space() -> dict:
+    return {
+        "model.n_layers": {"choice": [2, 4, 8]},
+        "model.hidden": {"choice": [32, 64, 128]},
+        "model.depth": {"choice": [1, 2]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("planar")
+def planar_space() -> dict:
+    return {
+        "model.kind": {"choice": ["planar", "radial"]},
+        "model.n_layers": {"choice": [8, 16, 32]},
+        "model.lr": {"loguniform": [1e-3, 3e-2]},
+    }
