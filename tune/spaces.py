@@ -192,3 +192,34 @@ def planar_space() -> dict:
         "model.n_layers": {"choice": [8, 16, 32]},
         "model.lr": {"loguniform": [1e-3, 3e-2]},
     }
+
+
+@register_space("pixelcnn")
+def pixelcnn_space() -> dict:
+    return {
+        "model.hidden": {"choice": [32, 64, 128]},
+        "model.depth": {"choice": [2, 4, 6, 8]},  # mask-B residual blocks
+        "model.kernel": {"choice": [3, 5, 7]},  # mask-A first layer (van den Oord 2016a: 7x7)
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("gated_pixelcnn")
+def gated_pixelcnn_space() -> dict:
+    return {
+        "model.hidden": {"choice": [32, 64, 128]},
+        "model.depth": {"choice": [2, 4, 6, 8]},  # gated layers
+        "model.kernel": {"choice": [3, 5, 7]},
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("pixelcnnpp")
+def pixelcnnpp_space() -> dict:
+    return {
+        "model.hidden": {"choice": [32, 64, 96]},
+        "model.depth": {"choice": [1, 2, 3]},  # gated resnet blocks per resolution
+        "model.components": {"choice": [3, 5, 10]},  # logistic mixture components (Salimans 2017: 10)
+        "model.dropout": {"uniform": [0.0, 0.5]},  # Salimans 2017: 0.5
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }

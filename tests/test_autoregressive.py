@@ -1,0 +1,350 @@
+"""Autoregressive families (pixelcnn, gated_pixelcnn, pixelcnnpp): causality by autograd, no blind
+spot in the gated stacks, normalised per-pixel distributions, log_prob as the chain rule, samples
+that follow log_prob, class conditioning, training, and the vector (MADE) fallback."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import grad
+
+import gm.models  # noqa: F401  (fills the registry)
+from gm.config import ConfigError, build
+from gm.data.spec import DataSpec
+from gm.models.pixelcnnpp import params_per_pixel
+from gm.nn.gated_pixelcnn import GatedPixelCNN
+from gm.nn.observation import bin_centres, discretized_logistic_mixture_log_prob, levels_of
+from gm.nn.pixelcnn import PixelCNN
+from gm.registry import MODELS
+from tests.conftest import seeded, train_single_group
+
+FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnnpp"]
+GREY = DataSpec(shape=(1, 4, 4), kind="image", num_classes=3, levels=5)
+TWO = DataSpec(shape=(2, 3, 3), kind="image", levels=3)  # two channels: R -> G order within a pixel
+DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
+TOY = DataSpec(shape=(2,), kind="toy")
+
+
+def make(family: str, data: DataSpec, **overrides):
+    """A tiny model of `family`: 8 channels, 2 layers/blocks, small kernels, no dropout."""
+    cls = MODELS[family]
+    cfg = {"hidden": 8, "depth": 2, **({"components": 3, "dropout": 0.0} if family == "pixelcnnpp" else {"kernel": 3})}
+    torch.manual_seed(0)
+    return cls(build(cls.config_cls, {**cfg, **overrides}, f"test.{family}"), data)
+
+
+def perturb(model: torch.nn.Module, std: float, seed: int = 0) -> None:
+    """Random weights on top of the initial ones: a far from uniform, but still causal, model."""
+    g = seeded(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+
+
+def random_levels(data: DataSpec, b: int, seed: int) -> torch.Tensor:
+    return torch.randint(0, data.levels, (b, *data.shape), generator=seeded(seed))  # (B, C, H, W)
+
+
+def labels_for(model, b: int) -> torch.Tensor | None:
+    return torch.arange(b) % model.n_classes if model.n_classes else None
+
+
+def sensitivity(out: torch.Tensor, inp: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """Which input positions the outputs at (r, c) depend on: (H, W) bool, by autograd."""
+    (g,) = grad(out[:, :, r, c].sum(), inp, retain_graph=True)  # (B, channels, H, W)
+    return g.abs().sum((0, 1)) > 0
+
+
+def assert_strictly_causal(out: torch.Tensor, inp: torch.Tensor) -> None:
+    """Outputs at raster position j: zero gradient w.r.t. inputs at positions >= j, some gradient
+    from earlier ones (so the check is not vacuous), the left neighbour included."""
+    height, width = out.shape[-2:]
+    for j in range(height * width):
+        r, c = divmod(j, width)
+        seen = sensitivity(out, inp, r, c).flatten()
+        assert not seen[j:].any(), f"position {(r, c)} depends on {seen[j:].nonzero().flatten().tolist()} (>= {j})"
+        if j > 0:
+            assert seen[:j].any(), f"position {(r, c)} sees nothing"
+        if c > 0:
+            assert seen[j - 1], f"position {(r, c)} does not see its left neighbour"
+
+
+# --------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("family", ["pixelcnn", "gated_pixelcnn"])
+@pytest.mark.parametrize("data", [DataSpec((1, 5, 5), "image", levels=4), TWO], ids=["grey5x5", "two-channel"])
+def test_symbol_nets_are_causal_on_the_channel_grid(family, data):
+    model = make(family, data)
+    grid = model.body
+    s = grid.symbols(random_levels(data, 3, seed=1))  # (B, H, W·C)
+    onehot = F.one_hot(s, grid.net.n_symbols).permute(0, 3, 1, 2).float().requires_grad_(True)
+    assert_strictly_causal(grid.net(onehot), onehot)  # grid order = pixels, channels in turn within a pixel
+
+
+@pytest.mark.parametrize("shape,resolutions", [((1, 5, 5), 2), ((2, 6, 6), 3)])
+def test_pixelcnnpp_params_depend_only_on_earlier_whole_pixels(shape, resolutions):
+    data = DataSpec(shape, "image", levels=4)
+    model = make("pixelcnnpp", data, resolutions=resolutions)
+    x = bin_centres(random_levels(data, 3, seed=1), data).requires_grad_(True)  # (B, C, H, W)
+    params = model.body.net(x)  # (B, P, H, W)
+    assert params.shape == (3, params_per_pixel(shape[0], 3), *shape[1:])
+    assert_strictly_causal(params, x)  # no channel of pixel (r, c) reaches its own parameters
+
+
+def test_gated_stacks_have_no_blind_spot_unlike_the_masked_pixelcnn():
+    k, h, w, (r, c) = 4, 7, 7, (5, 3)
+    s = torch.randint(0, k, (4, h, w), generator=seeded(0))
+    onehot = F.one_hot(s, k).permute(0, 3, 1, 2).float().requires_grad_(True)
+    torch.manual_seed(0)
+    gated = GatedPixelCNN(k, channels=8, n_layers=2, kernel_size=3, block_kernel_size=3)
+    plain = PixelCNN(k, channels=8, n_blocks=1, kernel_size=3, block_kernel_size=3)  # also 2 spatial layers
+    seen_gated = sensitivity(gated(onehot), onehot, r, c)
+    # Two 3×3 layers: the whole rectangle of rows r-3..r-1 and columns c±2, plus row r from c-2.
+    expected = torch.zeros(h, w, dtype=torch.bool)
+    expected[r - 3:r, c - 2:c + 3] = True
+    expected[r, c - 2:c] = True
+    assert torch.equal(seen_gated, expected), seen_gated.int()
+    seen_plain = sensitivity(plain(onehot), onehot, r, c)
+    assert seen_plain[r - 2, c + 2], "the plain PixelCNN reaches two rows up, two columns right..."
+    assert not seen_plain[r - 1, c + 2], "...but misses the nearer pixel one row up: its blind spot"
+    assert not (seen_plain & ~expected).any()
+
+
+# --------------------------------------------------------------------------- normalisation and the chain rule
+
+
+def pixel_values(data: DataSpec) -> torch.Tensor:
+    """Every value of one pixel, (L^C, C) levels."""
+    axes = [torch.arange(data.levels)] * data.shape[0]
+    return torch.cartesian_prod(*axes).view(-1, data.shape[0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("data", [GREY, TWO], ids=["grey", "two-channel"])
+@torch.no_grad()
+def test_every_pixel_distribution_sums_to_one(family, data):
+    model = make(family, data).eval()
+    perturb(model, 0.3)
+    base, values = random_levels(data, 1, seed=2)[0], pixel_values(data)  # (C, H, W), (M, C)
+    _, h, w = data.shape
+    images = base.repeat(h * w, values.shape[0], 1, 1, 1)  # (H·W, M, C, H, W)
+    for j in range(h * w):
+        images[j, :, :, j // w, j % w] = values  # pixel j takes every value, the rest stay fixed
+    mass = model.body.pixel_log_mass(bin_centres(images.flatten(0, 1), data))  # (H·W·M, H, W)
+    mass = mass.view(h * w, values.shape[0], h * w)[torch.arange(h * w), :, torch.arange(h * w)]  # (H·W, M)
+    assert torch.allclose(torch.logsumexp(mass, dim=1), torch.zeros(h * w), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("data,conditional", [(GREY, False), (GREY, True), (TWO, False)],
+                         ids=["grey", "grey-conditional", "two-channel"])
+@torch.no_grad()
+def test_log_prob_is_the_sum_of_one_position_at_a_time(family, data, conditional):
+    model = make(family, data, conditional=conditional).eval()
+    perturb(model, 0.3)
+    x = data.to_model(random_levels(data, 3, seed=3), generator=seeded(4))
+    noise = data.to_model(random_levels(data, 3, seed=5), generator=seeded(6))
+    labels = labels_for(model, 3)
+    _, h, w = data.shape
+    order = torch.arange(h * w).view(1, 1, h, w)
+    total = torch.zeros(3)
+    for j in range(h * w):
+        xj = torch.where(order <= j, x, noise)  # positions after j scrambled
+        total += model.body.pixel_log_mass(xj, labels)[:, j // w, j % w]
+    full = model.log_prob(x, condition=labels)
+    assert torch.allclose(total + data.dim * math.log(data.scale), full, atol=1e-4)
+
+
+def test_pixelcnn_is_the_shared_pixelcnn_on_grey_images():
+    model = make("pixelcnn", GREY).eval()
+    v = random_levels(GREY, 4, seed=0)
+    x = GREY.to_model(v, generator=seeded(1))
+    direct = model.body.net.log_prob(v[:, 0])  # gm.nn.pixelcnn.PixelCNN on the level grid
+    assert torch.allclose(model.log_prob(x), direct + GREY.dim * math.log(GREY.scale), atol=1e-5)
+
+
+@torch.no_grad()
+def test_pixelcnnpp_single_channel_is_the_plain_logistic_mixture():
+    model = make("pixelcnnpp", GREY).eval()
+    perturb(model, 0.3)
+    v = random_levels(GREY, 4, seed=0)
+    logit_pi, mean, log_scale, _ = model.body.mixture(bin_centres(v, GREY))
+    direct = discretized_logistic_mixture_log_prob(v[:, 0], logit_pi, mean[:, 0], log_scale[:, 0], GREY)
+    assert torch.allclose(model.body.pixel_log_mass(bin_centres(v, GREY)), direct, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_log_prob_ignores_dequantization_noise_and_is_a_log_mass(family):
+    model = make(family, GREY).eval()
+    v = random_levels(GREY, 5, seed=0)
+    a = model.log_prob(GREY.to_model(v, generator=seeded(1)))
+    b = model.log_prob(GREY.to_model(v, generator=seeded(2)))
+    assert torch.allclose(a, b)
+    assert (a + GREY.log_det_to_model <= 0).all()  # data space: log P(v) of a discrete image
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+TINY = [DataSpec((1, 1, 2), "image", levels=3), DataSpec((2, 1, 1), "image", levels=3)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("data", TINY, ids=["two-pixels", "two-channels"])
+@torch.no_grad()
+def test_samples_follow_log_prob_which_sums_to_one(family, data):
+    model = make(family, data).eval()
+    # Far from uniform; PixelCNN++'s deeper residual stack saturates (one component, huge scales) sooner.
+    perturb(model, 0.3 if family == "pixelcnnpp" else 0.5, seed=2)
+    images = pixel_values(DataSpec((data.dim,), "toy", levels=3)).view(-1, *data.shape)  # all 9 images
+    p = (model.log_prob(bin_centres(images, data)) - data.dim * math.log(data.scale)).exp()  # (9,)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert p.max() > 0.2, "the perturbed model should not be close to uniform"
+    n = 4000
+    v = levels_of(model.sample(n, generator=seeded(0)), data).flatten(1)  # (n, 2)
+    freq = torch.bincount(v[:, 0] * 3 + v[:, 1], minlength=9).float() / n
+    assert ((freq - p).abs() <= 4 * (p * (1 - p) / n).sqrt() + 2e-3).all(), (freq, p)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("data", [GREY, TWO], ids=["grey", "two-channel"])
+def test_sampling_is_reproducible_on_bin_centres_in_raster_passes(family, data):
+    model = make(family, data)
+    calls = []
+    model.body.net.register_forward_hook(lambda *_: calls.append(1))
+    a = model.sample(6, generator=seeded(7))
+    c, h, w = data.shape
+    assert len(calls) == (h * w if family == "pixelcnnpp" else h * w * c)  # the documented sampling cost
+    assert torch.equal(a, model.sample(6, generator=seeded(7)))
+    assert not torch.equal(a, model.sample(6, generator=seeded(8)))
+    assert a.shape == (6, *data.shape)
+    assert torch.equal(a, bin_centres(levels_of(a, data), data))  # exactly on the bin centres
+
+
+@torch.no_grad()
+def test_pixelcnnpp_channels_of_a_pixel_share_one_mixture_component(monkeypatch):
+    # Two equally likely components, all channels low (-0.9) or all high (+0.9), narrow logistics and
+    # no coupling: a shared component gives only (0, 0) and (2, 2); one per channel would mix them.
+    data = TINY[1]  # (2, 1, 1), 3 levels
+    model = make("pixelcnnpp", data, components=2).eval()
+
+    def fixed_mixture(xc, labels=None):
+        b, _, h, w = xc.shape
+        mean = torch.tensor([-0.9, 0.9]).expand(b, 2, h, w, 2)  # (B, C, H, W, K)
+        return (torch.zeros(b, h, w, 2), mean, torch.full_like(mean, -5.0), torch.zeros(b, 1, h, w, 2))
+
+    monkeypatch.setattr(model.body, "mixture", fixed_mixture)
+    v = levels_of(model.sample(400, generator=seeded(0)), data).flatten(1)  # (n, 2)
+    assert (v[:, 0] == v[:, 1]).all() and set(v[:, 0].tolist()) == {0, 2}
+    pair = bin_centres(torch.tensor([[0, 0], [2, 2], [0, 2]]).view(3, 2, 1, 1), data)
+    p = model.body.pixel_log_mass(pair).flatten().exp()
+    assert torch.allclose(p, torch.tensor([0.5, 0.5, 0.0]), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- class conditioning
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@torch.no_grad()
+def test_class_conditional_models(family):
+    model = make(family, GREY, conditional=True).eval()
+    perturb(model, 0.3)
+    x = GREY.to_model(random_levels(GREY, 4, seed=0), generator=seeded(1))
+    per_class = torch.stack([model.log_prob(x, torch.full((4,), y)) for y in range(3)])  # (3, B)
+    assert (per_class[0] - per_class[1]).abs().min() > 1e-4, "the label must change the likelihood"
+    assert torch.allclose(model.log_prob(x), torch.logsumexp(per_class, 0) - math.log(3), atol=1e-5)
+    y0, y1 = torch.zeros(8, dtype=torch.long), torch.ones(8, dtype=torch.long)
+    a = model.sample(8, generator=seeded(2), condition=y0)
+    assert torch.equal(a, model.sample(8, generator=seeded(2), condition=y0))
+    assert not torch.equal(a, model.sample(8, generator=seeded(2), condition=y1))
+    with pytest.raises(ValueError, match="conditional"):
+        model.sample(8, generator=seeded(2))
+
+
+def test_gated_logits_change_with_the_label_at_every_position():
+    model = make("gated_pixelcnn", GREY, conditional=True)
+    s = model.body.symbols(random_levels(GREY, 2, seed=0))
+    diff = (model.body.level_logits(s, torch.zeros(2, dtype=torch.long))
+            - model.body.level_logits(s, torch.full((2,), 2))).abs().amax(-1)  # (B, C, H, W)
+    assert (diff > 1e-6).all()  # the label enters every gate, so even the first pixel moves
+    with pytest.raises(ValueError, match="labels"):
+        model.body.level_logits(s)
+
+
+def test_conditional_loss_needs_labels_and_labelled_data():
+    from gm.models.base import Batch
+
+    model = make("gated_pixelcnn", GREY, conditional=True)
+    x = GREY.to_model(random_levels(GREY, 4, seed=0))
+    with pytest.raises(ValueError, match="labels"):
+        model.loss(Batch(x), "ar")
+    assert torch.isfinite(model.loss(Batch(x, torch.arange(4) % 3), "ar").loss)
+    with pytest.raises(ConfigError, match="num_classes"):
+        make("gated_pixelcnn", DataSpec((1, 4, 4), "image", levels=5), conditional=True)
+
+
+# --------------------------------------------------------------------------- training and configs
+
+
+def digits_like(n: int, seed: int) -> torch.Tensor:
+    """Bright bars on a dark 8×8 background with a little noise: levels 0..16, (n, 1, 8, 8)."""
+    g = seeded(seed)
+    v = torch.randint(0, 2, (n, 1, 8, 8), generator=g)
+    rows, cols = torch.randint(1, 7, (n,), generator=g), torch.randint(1, 7, (n,), generator=g)
+    for i in range(n):
+        v[i, 0, rows[i], 1:7] = 15
+        v[i, 0, 1:7, cols[i]] = 16
+    return v
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_lowers_the_nll(family):
+    model = make(family, DIGITS, lr=3e-3, **({"dropout": 0.1} if family == "pixelcnnpp" else {}))
+    x = DIGITS.to_model(digits_like(16, seed=0), generator=seeded(1))
+
+    def check(out):
+        assert out.logs["nll"] == pytest.approx(out.loss.item())
+        assert 0 < out.logs["bits_per_dim"] < math.log2(DIGITS.levels) + 3  # near log2(17) at the start
+
+    losses = train_single_group(model, x, steps=8, check=check)
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("family,bad", [
+    ("pixelcnn", {"kernel": 4}), ("pixelcnn", {"block_kernel": 2}), ("gated_pixelcnn", {"kernel": 1}),
+    ("gated_pixelcnn", {"depth": 0}), ("pixelcnnpp", {"dropout": 1.0}), ("pixelcnnpp", {"resolutions": 0}),
+    ("pixelcnnpp", {"components": 0}),
+])
+def test_bad_configs_raise(family, bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        build(MODELS[family].config_cls, bad, "x")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_discrete_vectors_are_refused(family):
+    with pytest.raises(ConfigError, match="discrete images"):
+        make(family, DataSpec((5,), "toy", levels=4))
+
+
+# --------------------------------------------------------------------------- vectors: the MADE fallback
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_vector_fallback_is_autoregressive_and_normalised(family):
+    model = make(family, TOY).double().eval()
+    perturb(model, 0.3)
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    params = torch.stack(model.body.params(x, None))  # (3, B, D, K)
+    (g0,) = grad(params[:, :, 0].sum(), x, retain_graph=True)
+    (g1,) = grad(params[:, :, 1].sum(), x)
+    assert (g0 == 0).all() and (g1[:, 1] == 0).all() and (g1[:, 0] != 0).any()
+    axis = torch.linspace(-20, 20, 401, dtype=torch.float64)
+    with torch.no_grad():
+        mass = model.log_prob(torch.cartesian_prod(axis, axis)).exp().sum() * (axis[1] - axis[0]) ** 2
+    assert mass.item() == pytest.approx(1.0, abs=2e-3)
