@@ -35,8 +35,8 @@ from gm.flows.image import (
     channel_mask,
     coupling_conv_net,
 )
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp, normal_log_prob, randn
+from gm.models._flow import FlowDensityModel
+from gm.nn.mlp import Activation, mlp
 from gm.registry import register_model
 
 __all__ = ["Glow", "GlowConfig"]
@@ -97,11 +97,10 @@ def resolve_arch(c: GlowConfig, data: DataSpec) -> str:
 
 
 @register_model("glow")
-class Glow(GenerativeModel):
+class Glow(FlowDensityModel):
     """Glow on images (multi-scale) or on vectors (its step, flattened); exact log p(x)."""
 
     config_cls = GlowConfig
-    likelihood = "exact"
 
     def __init__(self, config: GlowConfig, data: DataSpec):
         super().__init__(config, data)
@@ -115,9 +114,6 @@ class Glow(GenerativeModel):
         else:
             steps = [layer for _ in range(c.levels * c.steps_per_level) for layer in vector_step(data.dim, c)]
             self.flow = FlowStack(steps[::-1])  # FlowStack lists the sampling order
-
-    def step_groups(self) -> list[StepGroup]:
-        return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Data -> latent: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
@@ -133,30 +129,10 @@ class Glow(GenerativeModel):
             x, _ = self.flow(z)
         return x.reshape(z.shape[0], *self.data.shape)
 
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = log N(z; 0, I) + log|det ∂z/∂x|, nats; (B, *shape) -> (B,). The first
-        call in training mode initialises the ActNorms on x (data-dependent init, §3.1)."""
-        check_unconditional(self, condition)
-        z, logdet = self.forward_and_logdet(x)
-        return normal_log_prob(z).sum(-1) + logdet
-
-    def loss(self, batch: Batch, group: str) -> ModelOutput:
-        if group != "flow":
-            raise KeyError(f"Glow has the single step group 'flow', got {group!r}")
-        z, logdet = self.forward_and_logdet(batch.x)
-        nll = -(normal_log_prob(z).sum(-1) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        """The inverse flow of z ~ N(0, I); discrete data is mapped into [-1, 1)."""
-        check_unconditional(self, condition)
-        z = randn((n, self.data.dim), generator, self.device)  # (n, D)
-        x = self.inverse(z)  # (n, *shape)
+    def finish_samples(self, x: torch.Tensor) -> torch.Tensor:
         if self.data.levels:
             # Far from trained weights the inverse can overflow float32 (each coupling's shift scales
             # with its input, ~K·L times over), and ∞ - ∞ downstream gives NaN: ±∞ clamp into model
             # space below, NaN is sent to 0 so discrete samples always lie in [-1, 1).
             x = torch.nan_to_num(x, nan=0.0)
-        return clamp_to_model_space(x, self.data)  # (n, *shape)
+        return super().finish_samples(x)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.flows.image import ActNorm
 from gm.flows.layers import Flow, FlowSequence, IAFLayer
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, normal_log_prob, randn
+from gm.models._flow import FlowDensityModel
+from gm.nn.mlp import Activation
 from gm.registry import register_model
 
 __all__ = ["IAF", "IAFConfig"]
@@ -45,11 +44,10 @@ class IAFConfig:
 
 
 @register_model("iaf")
-class IAF(GenerativeModel):
+class IAF(FlowDensityModel):
     """An IAF from z ~ N(0, I) to data: sampling in one pass per step, log p(x) in D passes per step."""
 
     config_cls = IAFConfig
-    likelihood = "exact"
 
     def __init__(self, config: IAFConfig, data: DataSpec):
         super().__init__(config, data)
@@ -63,36 +61,3 @@ class IAF(GenerativeModel):
             if c.actnorm:
                 layers.append(ActNorm(d))
         self.flow = FlowSequence(layers)
-
-    def step_groups(self) -> list[StepGroup]:
-        return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
-
-    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> latent by inversion, D passes per step: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
-        return self.flow.inverse(x.flatten(1))
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> data in one pass per step: z (B, D) -> x (B, *shape)."""
-        x, _ = self.flow(z)
-        return x.view(z.shape[0], *self.data.shape)
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = log N(z; 0, I) + log|det ∂z/∂x|, nats; (B, *shape) -> (B,)."""
-        check_unconditional(self, condition)
-        z, logdet = self.forward_and_logdet(x)
-        return normal_log_prob(z).sum(-1) + logdet
-
-    def loss(self, batch: Batch, group: str) -> ModelOutput:
-        if group != "flow":
-            raise KeyError(f"IAF has the single step group 'flow', got {group!r}")
-        z, logdet = self.forward_and_logdet(batch.x)
-        nll = -(normal_log_prob(z).sum(-1) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ N(0, I) through the steps in one pass each; discrete data is clamped into [-1, 1)."""
-        check_unconditional(self, condition)
-        z = randn((n, self.data.dim), generator, self.device)  # (n, D)
-        return clamp_to_model_space(self.inverse(z), self.data)  # (n, *shape)

@@ -23,8 +23,8 @@ from torch import nn
 from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.flows.layers import Flow, FlowSequence, MAFLayer
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, normal_log_prob, randn
+from gm.models._flow import FlowDensityModel
+from gm.nn.mlp import Activation
 from gm.registry import register_model
 
 __all__ = ["MAF", "MAFConfig", "BatchNormFlow"]
@@ -83,11 +83,10 @@ class BatchNormFlow(Flow):
 
 
 @register_model("maf")
-class MAF(GenerativeModel):
+class MAF(FlowDensityModel):
     """A MAF from data x to u ~ N(0, I): density in one pass, sampling in D passes per step."""
 
     config_cls = MAFConfig
-    likelihood = "exact"
 
     def __init__(self, config: MAFConfig, data: DataSpec):
         super().__init__(config, data)
@@ -102,36 +101,3 @@ class MAF(GenerativeModel):
             layers.append(MAFLayer(d, hidden, list(order), activation=c.activation,
                                    log_scale_bound=c.log_scale_bound))
         self.flow = FlowSequence(layers)
-
-    def step_groups(self) -> list[StepGroup]:
-        return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
-
-    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> latent in one pass per step: (B, *shape) -> u (B, D), log|det ∂u/∂x| (B,)."""
-        return self.flow.inverse(x.flatten(1))
-
-    def inverse(self, u: torch.Tensor) -> torch.Tensor:
-        """Latent -> data, D sequential passes per step: u (B, D) -> x (B, *shape)."""
-        x, _ = self.flow(u)
-        return x.view(u.shape[0], *self.data.shape)
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = log N(u; 0, I) + log|det ∂u/∂x|, nats; (B, *shape) -> (B,)."""
-        check_unconditional(self, condition)
-        u, logdet = self.forward_and_logdet(x)
-        return normal_log_prob(u).sum(-1) + logdet
-
-    def loss(self, batch: Batch, group: str) -> ModelOutput:
-        if group != "flow":
-            raise KeyError(f"MAF has the single step group 'flow', got {group!r}")
-        u, logdet = self.forward_and_logdet(batch.x)
-        nll = -(normal_log_prob(u).sum(-1) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        """u ~ N(0, I) through the sampling direction; discrete data is clamped into [-1, 1)."""
-        check_unconditional(self, condition)
-        u = randn((n, self.data.dim), generator, self.device)  # (n, D)
-        return clamp_to_model_space(self.inverse(u), self.data)  # (n, *shape)

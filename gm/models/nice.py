@@ -24,8 +24,8 @@ from torch import nn
 from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.flows.image import AdditiveCoupling
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp, normal_log_prob, rand, randn
+from gm.models._flow import FlowDensityModel
+from gm.nn.mlp import Activation, mlp, normal_log_prob, rand, randn
 from gm.registry import register_model
 
 __all__ = ["NICE", "NICEConfig", "logistic_log_prob"]
@@ -62,11 +62,10 @@ class DiagonalScaling(nn.Module):
 
 
 @register_model("nice")
-class NICE(GenerativeModel):
+class NICE(FlowDensityModel):
     """Additive couplings and a diagonal scaling from data x to a factorised prior; exact log p(x)."""
 
     config_cls = NICEConfig
-    likelihood = "exact"
 
     def __init__(self, config: NICEConfig, data: DataSpec):
         super().__init__(config, data)
@@ -81,9 +80,6 @@ class NICE(GenerativeModel):
             couplings.append(AdditiveCoupling(even if i % 2 == 0 else 1 - even, net))
         self.couplings = nn.ModuleList(couplings)  # in the density order
         self.scaling = DiagonalScaling(d)
-
-    def step_groups(self) -> list[StepGroup]:
-        return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """Σ_d log p_H(z_d): (B, D) -> (B,)."""
@@ -103,28 +99,10 @@ class NICE(GenerativeModel):
             h, _ = coupling(h)
         return h.view(z.shape[0], *self.data.shape)
 
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = Σ log p_H(z) + Σ s (§3.3), nats; (B, *shape) -> (B,)."""
-        check_unconditional(self, condition)
-        z, logdet = self.forward_and_logdet(x)
-        return self.prior_log_prob(z) + logdet
-
-    def loss(self, batch: Batch, group: str) -> ModelOutput:
-        if group != "flow":
-            raise KeyError(f"NICE has the single step group 'flow', got {group!r}")
-        z, logdet = self.forward_and_logdet(batch.x)
-        nll = -(self.prior_log_prob(z) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ p_H (logistic by the inverse CDF, log u - log(1 - u)) through the inverse flow."""
-        check_unconditional(self, condition)
+    def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p_H: logistic by the inverse CDF, log u - log(1 - u), or standard normal; (n, D)."""
         shape = (n, self.data.dim)
         if self.config.prior == "logistic":
             u = rand(shape, generator, self.device).clamp(1e-7, 1 - 1e-7)  # (n, D)
-            z = torch.log(u) - torch.log1p(-u)
-        else:
-            z = randn(shape, generator, self.device)
-        return clamp_to_model_space(self.inverse(z), self.data)  # (n, *shape)
+            return torch.log(u) - torch.log1p(-u)
+        return randn(shape, generator, self.device)

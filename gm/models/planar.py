@@ -35,8 +35,7 @@ from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.flows.image import ActNorm
 from gm.flows.layers import Flow, FlowSequence, PlanarFlow, RadialFlow
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import check_unconditional, clamp_to_model_space, normal_log_prob, randn
+from gm.models._flow import FlowDensityModel
 from gm.registry import register_model
 
 __all__ = ["PlanarDensity", "PlanarConfig", "InvertibleRadialFlow"]
@@ -80,11 +79,10 @@ class InvertibleRadialFlow(RadialFlow):
 
 
 @register_model("planar")
-class PlanarDensity(GenerativeModel):
+class PlanarDensity(FlowDensityModel):
     """K planar (or radial) steps from z ~ N(0, I) to data; log p(x) by exact inversion."""
 
     config_cls = PlanarConfig
-    likelihood = "exact"
 
     def __init__(self, config: PlanarConfig, data: DataSpec):
         super().__init__(config, data)
@@ -95,36 +93,3 @@ class PlanarDensity(GenerativeModel):
         if c.actnorm:
             layers.append(ActNorm(d))
         self.flow = FlowSequence(layers)
-
-    def step_groups(self) -> list[StepGroup]:
-        return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
-
-    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> latent by inversion: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
-        return self.flow.inverse(x.flatten(1))
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> data: z (B, D) -> x (B, *shape)."""
-        x, _ = self.flow(z)
-        return x.view(z.shape[0], *self.data.shape)
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = log N(f⁻¹(x); 0, I) + log|det ∂f⁻¹/∂x|, nats; (B, *shape) -> (B,)."""
-        check_unconditional(self, condition)
-        z, logdet = self.forward_and_logdet(x)
-        return normal_log_prob(z).sum(-1) + logdet
-
-    def loss(self, batch: Batch, group: str) -> ModelOutput:
-        if group != "flow":
-            raise KeyError(f"PlanarDensity has the single step group 'flow', got {group!r}")
-        z, logdet = self.forward_and_logdet(batch.x)
-        nll = -(normal_log_prob(z).sum(-1) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        """z ~ N(0, I) through the K steps; discrete data is clamped into [-1, 1)."""
-        check_unconditional(self, condition)
-        z = randn((n, self.data.dim), generator, self.device)  # (n, D)
-        return clamp_to_model_space(self.inverse(z), self.data)  # (n, *shape)
