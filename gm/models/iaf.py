@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.flows.image import ActNorm
