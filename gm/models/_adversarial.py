@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gm.config import ConfigError, spec
@@ -37,6 +36,7 @@ from gm.nn.mlp import (
     clamp_to_model_space,
     label_count,
     mlp,
+    one_hot_labels,
     rand,
     randn,
 )
@@ -192,19 +192,7 @@ class AdversarialModel(GenerativeModel):
 
     # -- networks -----------------------------------------------------------------
     def _one_hot(self, y: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
-        if not self.num_labels:
-            return None
-        if y is None:
-            raise ValueError(f"{type(self).__name__} is conditional: labels are required")
-        y = torch.as_tensor(y, device=device)
-        if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"labels must be integers, got {y.dtype}")
-        y = y.long().expand(n) if y.dim() == 0 else y.long()
-        if y.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
-        if (y < 0).any() or (y >= self.num_labels).any():
-            raise ValueError(f"labels must lie in 0..{self.num_labels - 1}")
-        return F.one_hot(y, self.num_labels).float()  # (n, K)
+        return one_hot_labels(self, y, n, self.num_labels, device)
 
     def generate(self, n: int, y: torch.Tensor | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:

@@ -25,14 +25,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, gaussian_posterior_sample
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss, generator_loss
-from gm.nn.mlp import check_unconditional, label_count, mlp, randn
+from gm.nn.mlp import check_unconditional, label_count, mlp, one_hot_labels, randn
 from gm.registry import register_model
 
 __all__ = ["AAE", "AAEConfig", "class_prior_means"]
@@ -105,19 +104,7 @@ class AAE(LatentVariableModel):
 
     def one_hot(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
         """One-hot labels (n, K) for the conditional model, None for the unconditional one."""
-        if not self.num_labels:
-            return None
-        if y is None:
-            raise ValueError("AAE is conditional: labels are required (batch.y or condition=)")
-        y = torch.as_tensor(y, device=self.device)
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"labels must be integers, got {y.dtype}")
-        y = y.long().expand(n) if y.dim() == 0 else y.long()
-        if y.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
-        if (y < 0).any() or (y >= self.num_labels).any():
-            raise ValueError(f"labels must lie in 0..{self.num_labels - 1}")
-        return F.one_hot(y, self.num_labels).float()
+        return one_hot_labels(self, y, n, self.num_labels, self.device)
 
     def discriminate(self, z: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, 1) of "z is a prior sample" for codes (B, Z) (with their labels when conditional)."""

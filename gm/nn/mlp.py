@@ -120,6 +120,26 @@ def label_count(conditional: bool, data: DataSpec) -> int:
     return data.num_classes if conditional else 0
 
 
+def one_hot_labels(model: nn.Module, y: torch.Tensor | None, n: int, num_labels: int,
+                   device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Checked one-hot labels (n, K) for a label-conditioned model; None when num_labels is 0.
+
+    Accepts integer labels of shape (n,) or one scalar label for all n rows."""
+    if not num_labels:
+        return None
+    if y is None:
+        raise ValueError(f"{type(model).__name__} is conditional: labels are required (batch.y or condition=)")
+    y = torch.as_tensor(y, device=device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got {y.dtype}")
+    y = y.long().expand(n) if y.dim() == 0 else y.long()
+    if y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    if (y < 0).any() or (y >= num_labels).any():
+        raise ValueError(f"labels must lie in 0..{num_labels - 1}")
+    return torch.nn.functional.one_hot(y, num_labels).float()  # (n, K)
+
+
 def check_unconditional(model: nn.Module, condition: torch.Tensor | None) -> None:
     """Refuse a condition in a model that cannot use one, rather than ignore it silently."""
     if condition is not None:
