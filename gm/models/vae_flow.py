@@ -123,11 +123,16 @@ class VAEFlow(LatentVariableModel):
         u = randn((n, self.config.z_dim), generator, self.device)  # (n, Z)
         return self.prior_flow(u)[0]
 
+    def recon_and_kl(self, x: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-sample -log p(x|z_K) and the Monte Carlo KL log q_K(z_K|x) - log p(z_K), z_K ~ q_K;
+        each (B,). No closed form under a flow, so the KL is a one-sample estimate."""
+        z, log_q = self.posterior(x, None, generator)  # (B, Z), (B,)
+        return -self.log_px(x, z), log_q - self.prior_log_prob(z)
+
     def loss(self, batch: Batch, group: str) -> ModelOutput:
-        """One-sample Monte Carlo of -log p(x|z_K) + β·(log q_K(z_K|x) - log p(z_K)), z_K ~ q_K."""
+        """-log p(x|z_K) + β·(log q_K(z_K|x) - log p(z_K)), batch means, z_K ~ q_K."""
         if group != "vae":
             raise KeyError(f"VAEFlow has the single step group 'vae', got {group!r}")
-        z, log_q = self.posterior(batch.x)  # (B, Z), (B,)
-        recon = -self.log_px(batch.x, z).mean()
-        kl = (log_q - self.prior_log_prob(z)).mean()  # a Monte Carlo KL: no closed form under a flow
-        return self.beta_elbo_output(recon, kl)
+        recon, kl = self.recon_and_kl(batch.x)
+        return self.beta_elbo_output(recon.mean(), kl.mean())
