@@ -354,7 +354,7 @@ class FlowSequence(Flow):
         return x, log_det
 
 
-def _alternating_orders(dim: int, n_layers: int) -> list[list[int]]:
+def alternating_orders(dim: int, n_layers: int) -> list[list[int]]:
     """Orders 0..D-1 and its reverse in turn: each autoregressive step sees the variables the
     previous one could not condition on (Kingma 2016 reverse the ordering between IAF steps)."""
     forward = list(range(dim))
@@ -372,10 +372,10 @@ def radial_flows(dim: int, n_layers: int, amortized: bool = False) -> FlowSequen
 def iaf_flows(dim: int, n_layers: int, hidden: Sequence[int], context_dim: int = 0,
               activation: Activation = "relu") -> FlowSequence:
     return FlowSequence([IAFLayer(dim, hidden, order, context_dim, activation)
-                         for order in _alternating_orders(dim, n_layers)])
+                         for order in alternating_orders(dim, n_layers)])
 
 
 def maf_flows(dim: int, n_layers: int, hidden: Sequence[int], context_dim: int = 0,
               activation: Activation = "relu") -> FlowSequence:
     return FlowSequence([MAFLayer(dim, hidden, order, context_dim, activation)
-                         for order in _alternating_orders(dim, n_layers)])
+                         for order in alternating_orders(dim, n_layers)])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from gm.config import spec
 from gm.data.spec import DataSpec
 from gm.flows.image import ActNorm
-from gm.flows.layers import Flow, FlowSequence, IAFLayer
+from gm.flows.layers import Flow, FlowSequence, IAFLayer, alternating_orders
 from gm.models._flow import FlowDensityModel
 from gm.nn.mlp import Activation
 from gm.registry import register_model
@@ -54,9 +54,8 @@ class IAF(FlowDensityModel):
         d = data.dim
         hidden = (c.hidden,) * c.depth
         layers: list[Flow] = []
-        for i in range(c.n_layers):  # sampling order: z -> step 0 -> ... -> x
-            order = range(d) if i % 2 == 0 else range(d - 1, -1, -1)
-            layers.append(IAFLayer(d, hidden, list(order), activation=c.activation, gate_bias=c.gate_bias))
+        for order in alternating_orders(d, c.n_layers):  # sampling order: z -> step 0 -> ... -> x
+            layers.append(IAFLayer(d, hidden, order, activation=c.activation, gate_bias=c.gate_bias))
             if c.actnorm:
                 layers.append(ActNorm(d))
         self.flow = FlowSequence(layers)

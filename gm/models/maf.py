@@ -22,7 +22,7 @@ from torch import nn
 
 from gm.config import spec
 from gm.data.spec import DataSpec
-from gm.flows.layers import Flow, FlowSequence, MAFLayer
+from gm.flows.layers import Flow, FlowSequence, MAFLayer, alternating_orders
 from gm.models._flow import FlowDensityModel
 from gm.nn.mlp import Activation
 from gm.registry import register_model
@@ -94,10 +94,9 @@ class MAF(FlowDensityModel):
         d = data.dim
         hidden = (c.hidden,) * c.depth
         layers: list[Flow] = []
-        for i in range(c.n_layers):  # sampling order: u -> step 0 -> ... -> x
-            order = range(d) if i % 2 == 0 else range(d - 1, -1, -1)
+        for i, order in enumerate(alternating_orders(d, c.n_layers)):  # sampling order: u -> step 0 -> ... -> x
             if i and c.batch_norm:
                 layers.append(BatchNormFlow(d))
-            layers.append(MAFLayer(d, hidden, list(order), activation=c.activation,
+            layers.append(MAFLayer(d, hidden, order, activation=c.activation,
                                    log_scale_bound=c.log_scale_bound))
         self.flow = FlowSequence(layers)
