@@ -75,27 +75,31 @@ class ModelSampler:
     def log_prob(self, x: np.ndarray, seed: int) -> np.ndarray:
         return data_log_prob(self.model, self.spec, x, seed=seed)
 
+    def to_model(self, x: np.ndarray, seed: int) -> torch.Tensor:
+        """Data-space x -> the model's space and device, dequantized with a seeded generator."""
+        g = torch.Generator().manual_seed(seed)
+        return self.spec.to_model(torch.from_numpy(np.asarray(x, dtype=np.float32)), generator=g).to(self.model.device)
+
     @torch.no_grad()
     def reconstruct(self, x: np.ndarray, seed: int) -> np.ndarray | None:
         """Data-space reconstructions of x (decoder mean at the code of x) by an autoencoding
         family; None for families without an encoder."""
         if not hasattr(self.model, "reconstruct"):
             return None
-        xm = self.spec.to_model(torch.from_numpy(np.asarray(x, dtype=np.float32)),
-                                generator=torch.Generator().manual_seed(seed)).to(self.model.device)
-        return self.spec.to_data(self.model.reconstruct(xm)).cpu().numpy()
+        return self.spec.to_data(self.model.reconstruct(self.to_model(x, seed))).cpu().numpy()
 
     @torch.no_grad()
     def extra_metrics(self, x: np.ndarray, seed: int) -> dict[str, float]:
         """Family-specific test metrics: reconstruction error (data space, per dimension) for
         autoencoders, codebook perplexity for vector-quantised ones."""
         out: dict[str, float] = {}
-        recon = self.reconstruct(x, seed)
-        if recon is not None:
+        if not (hasattr(self.model, "reconstruct") or hasattr(self.model, "codebook_perplexity")):
+            return out
+        xm = self.to_model(x, seed)
+        if hasattr(self.model, "reconstruct"):
+            recon = self.spec.to_data(self.model.reconstruct(xm)).cpu().numpy()
             out["test_recon_mse"] = float(np.mean((recon.reshape(len(x), -1) - x.reshape(len(x), -1)) ** 2))
         if hasattr(self.model, "codebook_perplexity"):
-            xm = self.spec.to_model(torch.from_numpy(np.asarray(x, dtype=np.float32)),
-                                    generator=torch.Generator().manual_seed(seed)).to(self.model.device)
             out["codebook_perplexity"] = float(self.model.codebook_perplexity(xm))
         return out
 

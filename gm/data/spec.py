@@ -70,3 +70,20 @@ class DataSpec:
     def from_dict(cls, d: dict) -> "DataSpec":
         return cls(shape=tuple(d["shape"]), kind=d["kind"], num_classes=d.get("num_classes"),
                    levels=d.get("levels"))
+
+
+def halvable_image(data: DataSpec, halvings: int, field: str, arch_field: str = "arch",
+                   fallback: str = "") -> tuple[int, int, int]:
+    """(C, H, W) of image data whose H and W can be halved `halvings` times (squeezes,
+    stride-2 layers); otherwise a ConfigError naming the config field at fault."""
+    from gm.config import ConfigError
+
+    hint = f"; use {arch_field}: {fallback}" if fallback else ""
+    if data.kind != "image" or len(data.shape) != 3:
+        raise ConfigError(f"{arch_field}: needs image data of shape (C, H, W), got {data.kind} data of "
+                          f"shape {tuple(data.shape)}{hint}")
+    channels, height, width = data.shape
+    f = 2 ** halvings
+    if height % f or width % f:
+        raise ConfigError(f"{field}: {halvings} halvings need H and W divisible by {f}, got {height}×{width}{hint}")
+    return channels, height, width

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec
+from gm.data.spec import DataSpec, halvable_image
 from gm.flows.image import (
     ActNorm,
     AdditiveCoupling,
@@ -83,14 +83,7 @@ def resolve_arch(c: GlowConfig, data: DataSpec) -> str:
     is_image = data.kind == "image" and len(data.shape) == 3
     arch = c.arch if c.arch != "auto" else ("multiscale" if is_image else "vector")
     if arch == "multiscale":
-        if not is_image:
-            raise ConfigError(f"arch: 'multiscale' needs image data of shape (C, H, W), got {data.kind} data of "
-                              f"shape {tuple(data.shape)}; use arch: vector")
-        _, height, width = data.shape
-        f = 2 ** c.levels
-        if height % f or width % f:
-            raise ConfigError(f"levels: {c.levels} squeezes need H and W divisible by {f}, got {height}×{width}; "
-                              f"use fewer levels or arch: vector")
+        halvable_image(data, c.levels, "levels", fallback="vector")
     elif data.dim < 2:
         raise ConfigError(f"arch: 'vector' couplings need at least 2 dimensions, got shape {tuple(data.shape)}")
     return arch

@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec
+from gm.data.spec import DataSpec, halvable_image
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp
+from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, label_count, mlp
 from gm.nn.observation import ObservationName, make_observation
 from gm.nn.pixelcnn import PixelCNN
 from gm.registry import register_model
@@ -211,19 +211,12 @@ class VQVAE(GenerativeModel):
         if arch == "auto":
             arch = "conv" if data.kind == "image" and len(data.shape) == 3 else "mlp"
         self.arch = arch
-        if c.conditional and not data.num_classes:
-            raise ConfigError("conditional: true needs labelled data (the data spec has no num_classes)")
+        n_labels = label_count(c.conditional, data)
         self.obs = make_observation(c.decoder, data, c.min_log_std, c.decoder_components)
         p = self.obs.params_per_dim
         if arch == "conv":
-            if data.kind != "image" or len(data.shape) != 3:
-                raise ConfigError(f"arch: 'conv' needs image data of shape (C, H, W), got {data.kind} data of "
-                                  f"shape {tuple(data.shape)}; use arch: mlp")
-            channels, height, width = data.shape
+            channels, height, width = halvable_image(data, c.downsample, "downsample", fallback="mlp")
             f = 2 ** c.downsample
-            if height % f or width % f:
-                raise ConfigError(f"downsample: {c.downsample} stride-2 layers need H and W divisible by {f}, "
-                                  f"got {height}×{width}")
             self.grid = (height // f, width // f)
             self.encoder = conv_encoder(channels, c.hidden, c.code_dim, c.downsample, c.depth)
             self.decoder = conv_decoder(c.code_dim, c.hidden, channels * p, c.downsample, c.depth)
@@ -245,7 +238,7 @@ class VQVAE(GenerativeModel):
         self.register_buffer("codebook_ready", torch.tensor(not c.data_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # autoencoder steps taken
         self.prior = PixelCNN(k, c.prior_hidden, c.prior_blocks, c.prior_kernel,
-                              n_classes=data.num_classes if c.conditional else 0)
+                              n_classes=n_labels)
         self._pending_ema: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- groups ---------------------------------------------------------------------------------

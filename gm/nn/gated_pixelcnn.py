@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.nn.pixelcnn import PixelCNN
+from gm.nn.pixelcnn import embed_symbols
 
 
 # --------------------------------------------------------------------------- shifts and shifted convs
@@ -189,9 +189,7 @@ class GatedPixelCNN(nn.Module):
                                   nn.ReLU(), nn.Conv2d(channels, n_symbols, 1))
 
     def embed_input(self, s: torch.Tensor) -> torch.Tensor:
-        """Symbols (B, H, W) int64 or one-hot/soft (B, K, H, W) -> features (B, C, H, W)."""
-        # PixelCNN's embedding, reused as is: it reads only `embed` and `n_symbols`.
-        return PixelCNN.embed_input(self, s)
+        return embed_symbols(s, self.embed)
 
     def forward(self, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of p(s_i | s_<i, y) at every position: (B, K, H, W)."""

@@ -92,6 +92,16 @@ class MaskedResidualBlock(nn.Module):
         return h + self.net(h)  # (B, C, H, W)
 
 
+def embed_symbols(s: torch.Tensor, embed: nn.Embedding) -> torch.Tensor:
+    """Symbols (B, H, W) int64, or a one-hot/soft (B, K, H, W) float input -> features (B, C, H, W)."""
+    if s.dtype in (torch.int64, torch.int32):
+        return embed(s.long()).permute(0, 3, 1, 2)  # (B, C, H, W)
+    k = embed.num_embeddings
+    if s.dim() != 4 or s.shape[1] != k:
+        raise ValueError(f"a float input must be one-hot/soft symbols (B, {k}, H, W), got {tuple(s.shape)}")
+    return torch.einsum("bkhw,kc->bchw", s, embed.weight)  # one-hot × embedding matrix
+
+
 class PixelCNN(nn.Module):
     """An autoregressive model p(s) = Π_i p(s_i | s_<i, y) over an H×W grid of symbols in {0..K-1}.
 
@@ -119,12 +129,7 @@ class PixelCNN(nn.Module):
         self.label_bias = nn.Embedding(n_classes, channels * (n_blocks + 1)) if n_classes else None
 
     def embed_input(self, s: torch.Tensor) -> torch.Tensor:
-        """Symbols (B, H, W) int64, or a one-hot/soft (B, K, H, W) float input -> features (B, C, H, W)."""
-        if s.dtype in (torch.int64, torch.int32):
-            return self.embed(s.long()).permute(0, 3, 1, 2)  # (B, C, H, W)
-        if s.dim() != 4 or s.shape[1] != self.n_symbols:
-            raise ValueError(f"PixelCNN: a float input must be (B, {self.n_symbols}, H, W), got {tuple(s.shape)}")
-        return torch.einsum("bkhw,kc->bchw", s, self.embed.weight)  # one-hot × embedding matrix
+        return embed_symbols(s, self.embed)
 
     def _biases(self, labels: torch.Tensor | None, batch: int) -> list[torch.Tensor | None]:
         if self.label_bias is None:
