@@ -221,6 +221,9 @@ class TrainParams:
     seed: int = 0
     seeds: int = spec(1, gt=0)  # replicate runs with seeds seed, seed+1, ...: results as mean ± std
     num_to_keep: int = spec(1, ge=1)  # best checkpoints kept; Ray always keeps the latest as well
+    # which checkpoint a run exports and registers: the lowest val_score, or the final one (for models whose
+    # validation score disagrees with the benchmark, e.g. W1 on toys favours blurry early GANs over sharp late ones)
+    select: Literal["best", "last"] = "best"
     max_failures: int = spec(2, ge=-1)  # worker/node failures survived by resuming from the latest checkpoint
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # every group's lr, from its value to 0 over steps
     data_in_memory: bool = True  # pull each worker's shard once (small data); False streams every epoch

@@ -1,4 +1,4 @@
-"""DVC stage `train@<experiment>`: Ray Train runs (one per seed) -> best-on-validation models,
+"""DVC stage `train@<experiment>`: Ray Train runs (one per seed) -> models chosen by train.select,
 an MLflow run (a nested run per seed), registered model versions.
 
 Usage: python -m pipelines.train <experiment> [--resume]   (from the repository root)
@@ -33,11 +33,11 @@ def seed_runs(exp: ExperimentConfig) -> list[tuple[ExperimentConfig, str]]:
 
 def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: Path, parent_id: str,
                 tags: dict) -> dict:
-    """Nested MLflow run of one seed: curves, timings; its best model exported and registered."""
+    """Nested MLflow run of one seed: curves, timings; its selected model exported and registered."""
     with tracking.run(f"train/{exp.name}/seed{seed}", {**tags, "gm.seed": str(seed)}, parent_run_id=parent_id):
         tracking.log_history(outcome.history)
-        score = float(outcome.best_metrics.get("val_score", math.inf))
-        if outcome.diverged or outcome.best_checkpoint is None or not math.isfinite(score):
+        score = float(outcome.metrics.get("val_score", math.inf))
+        if outcome.diverged or outcome.checkpoint is None or not math.isfinite(score):
             reason = outcome.diverged or "no checkpoint with a finite validation score"
             import mlflow
 
@@ -48,7 +48,7 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
         model = load_model(model_dir)
         metric = validation_metric(model, model.data)
         row = {
-            "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.best_metrics["step"]),
+            "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.metrics["step"]),
             "wall_seconds": outcome.wall_seconds, "train_seconds": outcome.train_seconds,
             "setup_seconds": max(0.0, outcome.wall_seconds - outcome.worker_seconds),  # Ray workers, data, teardown
             "validation_seconds": max(0.0, outcome.worker_seconds - outcome.train_seconds),

@@ -16,7 +16,7 @@ from gm import stage, tracking
 from gm.config import to_dict
 from gm.files import write_json
 from gm.models.base import load_model
-from gm.training.driver import export_best, init_ray, storage_path
+from gm.training.driver import export_selected, init_ray, storage_path
 from gm.training.validate import validation_metric
 from tune.driver import METRIC, run_sweep, trial_run_name
 from tune.sweep import apply_overrides
@@ -70,13 +70,13 @@ def tune_sweep(name: str, root: Path, resume: bool = False) -> dict:
                     import mlflow
 
                     mlflow.set_tag("gm.failure_reason", row["error"])
-        best_metrics = export_best(storage, trial_run_name(result.best_trial_id), out / "model")
+        chosen = export_selected(storage, trial_run_name(result.best_trial_id), out / "model", exp.train.select)
         model = load_model(out / "model")
         metric = validation_metric(model, model.data)
         best = {
             "sweep": name, "experiment": exp.name, "trial_id": result.best_trial_id,
             "overrides": result.best_overrides, "val_score": result.best_score, "val_metric": metric,
-            "best_step": int(best_metrics.get("step", 0)), "concurrency": result.concurrency,
+            "best_step": int(chosen.get("step", 0)), "concurrency": result.concurrency,
             "config": apply_overrides(exp.to_dict(), result.best_overrides),
         }
         tracking.log_metrics({"best_val_score": result.best_score, "trials": len(rows)})

@@ -58,6 +58,7 @@ def mutate(path: str, value):
     ("evaluate.n_samples", 0, "evaluate.n_samples: expected a value > 0"),
     ("experiments.wgan_gp-ring8.model.pack", 3, "experiments.wgan_gp-ring8.model.pack: expected a divisor of train.batch_size"),
     ("train.lr_schedule", "step", "train.lr_schedule: expected one of"),
+    ("experiments.vae-digits.train.select", "latest", "experiments.vae-digits.train.select: expected one of"),
     ("tuning", {}, "tuning: unknown section"),
 ])
 def test_bad_values_name_the_field(path, value, expect):

@@ -43,3 +43,18 @@ def test_stepper_sets_every_group_lr_from_the_step_alone():
     again = Stepper(model, spec, torch.device("cpu"), torch.Generator().manual_seed(0), "linear", 200)
     again.set_learning_rates(50)
     assert [o.param_groups[0]["lr"] for o in again.optimizers] == [o.param_groups[0]["lr"] for o in stepper.optimizers]
+
+
+def test_checkpoint_selection_picks_lowest_score_or_final_step():
+    from types import SimpleNamespace
+
+    from gm.training.driver import select_checkpoint
+
+    kept = [("c250", {"step": 250, "val_score": 0.9}), ("c500", {"step": 500, "val_score": 0.4}),
+            ("c750", {"step": 750, "val_score": 1.3}), ("diverged", {"step": 800})]
+    result = SimpleNamespace(best_checkpoints=kept)
+    assert select_checkpoint(result, "best")[0] == "c500"
+    assert select_checkpoint(result, "last")[0] == "c750"  # the final scored checkpoint, not the best
+    assert select_checkpoint(SimpleNamespace(best_checkpoints=[]), "last") == (None, {})
+    with pytest.raises(ValueError, match="select"):
+        select_checkpoint(result, "median")

@@ -11,7 +11,7 @@ import pytest
 
 from gm.config import parse_params
 from gm.models.base import load_model
-from gm.training.driver import fit, init_ray
+from gm.training.driver import export_checkpoint, fit, init_ray, select_checkpoint
 from gm.training.validate import validation_scores
 from tests.conftest import tiny_params
 
@@ -50,24 +50,32 @@ def test_two_workers_recover_from_a_failure_and_export_the_best_checkpoint(local
     assert all(h["resumed_from_step"] == 60 for h in out.history)
     # the exported model is the best on validation, not simply the last
     model = load_model(out.export(tmp_path / "best"))
-    ref = min(out.best_metrics["val_score"], *(h["val_score"] for h in out.history))
-    assert out.best_metrics["val_score"] == pytest.approx(ref)
+    ref = min(out.metrics["val_score"], *(h["val_score"] for h in out.history))
+    assert out.metrics["val_score"] == pytest.approx(ref)
     from gm.data.io import read_split
 
     val_x, _ = read_split(prepared / "artifacts/prepared/ring8", "val")
     again = validation_scores(model, model.data, val_x, exp.train.val_samples, seed=exp.train.seed)
-    assert again["val_score"] == pytest.approx(out.best_metrics["val_score"], rel=1e-4)
+    assert again["val_score"] == pytest.approx(out.metrics["val_score"], rel=1e-4)
+    # train.select: last exports the final checkpoint from the same run, whatever its score
+    from ray.train import Result
+
+    last, metrics = select_checkpoint(Result.from_path(out.run_path), "last")
+    assert metrics["step"] == 120
+    final = load_model(export_checkpoint(last, tmp_path / "last"))
+    again = validation_scores(final, final.data, val_x, exp.train.val_samples, seed=exp.train.seed)
+    assert again["val_score"] == pytest.approx(out.history[-1]["val_score"], rel=1e-4)
 
 
 def test_a_diverging_run_stops_with_its_reason_and_no_checkpoint(local_ray, prepared, tmp_path):
     exp = experiment("vae-digits", model={"lr": 1e12}, steps=60, eval_every=30)
     out = fit(exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "diverge")
     assert out.diverged and ("nan" in out.diverged or "inf" in out.diverged)
-    assert out.best_checkpoint is None and out.export(tmp_path / "best") is None
+    assert out.checkpoint is None and out.export(tmp_path / "best") is None
 
 
 def test_tune_runs_two_trials_and_exports_the_better_one(local_ray, prepared, tmp_path):
-    from gm.training.driver import export_best
+    from gm.training.driver import export_selected
     from tune.driver import run_sweep, trial_run_name
 
     params = parse_params({**tiny_params(), "tune": {"sweeps": {"s": {
@@ -82,7 +90,7 @@ def test_tune_runs_two_trials_and_exports_the_better_one(local_ray, prepared, tm
     scores = {t.config["model.beta"]: t.metrics_dataframe["val_score"].min() for t in trials}
     assert result.best_score == pytest.approx(min(scores.values()))
     assert result.best_overrides["model.beta"] == min(scores, key=scores.get)
-    metrics = export_best(storage, trial_run_name(result.best_trial_id), tmp_path / "best")
+    metrics = export_selected(storage, trial_run_name(result.best_trial_id), tmp_path / "best")
     assert metrics["val_score"] == pytest.approx(result.best_score)
     assert load_model(tmp_path / "best").config.beta == result.best_overrides["model.beta"]
 
@@ -99,7 +107,7 @@ def test_two_nodes_on_one_machine(prepared, tmp_path):
         exp = experiment("wgan_gp-ring8", steps=30, eval_every=30, scaling={"num_workers": 2})
         out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp_path / "shared"), "two-nodes")
         assert len(set(out.nodes)) == 2  # one worker on each node
-        assert math.isfinite(out.best_metrics["val_score"])
+        assert math.isfinite(out.metrics["val_score"])
         assert np.isfinite(load_model(out.export(tmp_path / "best")).sample(10).detach().numpy()).all()
     finally:
         ray.shutdown()

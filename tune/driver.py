@@ -104,8 +104,8 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
     if not ok:
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]
         raise RuntimeError(f"sweep {name}: no trial finished with a finite {METRIC} ({errors or 'no results'})")
-    best = min(ok, key=lambda r: _best_score(r))
-    return SweepResult(grid=grid, best_overrides=dict(best.config), best_score=_best_score(best),
+    best = min(ok, key=lambda r: trial_score(r, exp.train.select))
+    return SweepResult(grid=grid, best_overrides=dict(best.config), best_score=trial_score(best, exp.train.select),
                        best_trial_id=_trial_id(best), concurrency=n)
 
 
@@ -115,9 +115,11 @@ def _seeded_random_search(seed: int):
     return BasicVariantGenerator(random_state=seed)
 
 
-def _best_score(result) -> float:
+def trial_score(result, select: str = "best") -> float:
+    """A trial's score under the experiment's checkpoint rule: its lowest report ("best") or its final one
+    ("last"), so the trial ranked first is the one whose exported checkpoint scores best."""
     df = result.metrics_dataframe
-    if df is not None and METRIC in df:
+    if select == "best" and df is not None and METRIC in df:
         return float(df[METRIC].min())
     return float(result.metrics.get(METRIC, math.inf))
 

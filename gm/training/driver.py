@@ -128,10 +128,10 @@ def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
 
 @dataclass
 class TrainOutcome:
-    """What the driver needs after a fit: the best checkpoint on validation and the curves."""
+    """What the driver needs after a fit: the checkpoint chosen by `train.select` and the curves."""
 
-    best_checkpoint: object | None  # ray.train.Checkpoint on storage; None if the run diverged first
-    best_metrics: dict
+    checkpoint: object | None  # ray.train.Checkpoint on storage; None if the run diverged first
+    metrics: dict  # the metrics reported with `checkpoint`
     history: list[dict]
     diverged: str | None
     wall_seconds: float  # the whole fit() as the driver sees it
@@ -141,16 +141,21 @@ class TrainOutcome:
     nodes: list[str] = field(default_factory=list)  # Ray node of each rank
 
     def export(self, dest: Path) -> Path | None:
-        """Copy the best checkpoint's model to `dest` (replacing it); None when there is none."""
-        return export_checkpoint(self.best_checkpoint, dest) if self.best_checkpoint is not None else None
+        """Copy the chosen checkpoint's model to `dest` (replacing it); None when there is none."""
+        return export_checkpoint(self.checkpoint, dest) if self.checkpoint is not None else None
 
 
-def best_checkpoint(result):
-    """(checkpoint, metrics) with the lowest val_score among the retained checkpoints."""
-    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_score") is not None]
-    if not ranked:
+def select_checkpoint(result, select: str = "best"):
+    """(checkpoint, metrics) among the retained checkpoints that carry a validation score:
+    the lowest val_score for "best", the highest step for "last" (Ray always keeps the latest)."""
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_score") is not None]
+    if not kept:
         return None, {}
-    return min(ranked, key=lambda cm: cm[1]["val_score"])
+    if select == "last":
+        return max(kept, key=lambda cm: cm[1].get("step", -1))
+    if select == "best":
+        return min(kept, key=lambda cm: cm[1]["val_score"])
+    raise ValueError(f"select: expected 'best' or 'last', got {select!r}")
 
 
 def export_checkpoint(checkpoint, dest: Path) -> Path:
@@ -163,25 +168,25 @@ def export_checkpoint(checkpoint, dest: Path) -> Path:
     return dest
 
 
-def export_best(storage: str, name: str, dest: Path) -> dict:
-    """Export the best checkpoint of the finished Train run `name` under `storage`; its metrics."""
+def export_selected(storage: str, name: str, dest: Path, select: str = "best") -> dict:
+    """Export the checkpoint `select` picks from the finished Train run `name` under `storage`; its metrics."""
     from ray.train import Result
 
-    ckpt, metrics = best_checkpoint(Result.from_path(f"{storage.rstrip('/')}/{name}"))
+    ckpt, metrics = select_checkpoint(Result.from_path(f"{storage.rstrip('/')}/{name}"), select)
     if ckpt is None:
         raise FileNotFoundError(f"{storage}/{name}: no checkpoint with a validation score")
     export_checkpoint(ckpt, dest)
     return metrics
 
 
-def outcome_from_result(result, wall_seconds: float) -> TrainOutcome:
+def outcome_from_result(result, wall_seconds: float, select: str = "best") -> TrainOutcome:
     ret = result.return_value or {}
-    ckpt, metrics = best_checkpoint(result)
+    ckpt, metrics = select_checkpoint(result, select)
     history = ret.get("history")
     if history is None and result.metrics_dataframe is not None:  # rank 0 returned nothing
         history = result.metrics_dataframe.to_dict("records")
     return TrainOutcome(
-        best_checkpoint=ckpt, best_metrics=dict(metrics), history=history or [],
+        checkpoint=ckpt, metrics=dict(metrics), history=history or [],
         diverged=ret.get("diverged"), wall_seconds=wall_seconds,
         train_seconds=float(ret.get("train_seconds") or 0.0),
         worker_seconds=float(ret.get("worker_seconds") or 0.0), run_path=result.path,
@@ -200,7 +205,7 @@ def clear_run(storage: str, name: str) -> None:
 
 
 def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: bool = False) -> TrainOutcome:
-    """Train one experiment under Ray Train; the outcome points at its best-on-validation checkpoint.
+    """Train one experiment under Ray Train; the outcome points at the checkpoint `train.select` picks.
 
     A fresh run unless `resume`: then an interrupted run of the same name continues
     from its latest checkpoint (worker failures inside a run recover either way).
@@ -213,7 +218,7 @@ def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: 
     wall = time.perf_counter() - t0
     if result.error is not None:
         raise RuntimeError(f"experiment {exp.name}: training failed: {result.error}") from result.error
-    return outcome_from_result(result, wall)
+    return outcome_from_result(result, wall, exp.train.select)
 
 
 def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: str,
