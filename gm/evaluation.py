@@ -236,6 +236,47 @@ def aggregate(per_seed: dict[int, dict]) -> dict:
 # ----------------------------------------------------------------------------------- plots
 
 
+def toy_window(test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The plotting window of a 2-D toy: its test data's 0.5-99.5 percentiles, padded by 0.5."""
+    return np.percentile(test, 0.5, axis=0) - 0.5, np.percentile(test, 99.5, axis=0) + 0.5
+
+
+def density_grid(ev: Evaluable, lo, hi, n: int = 160, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xs, ys, p) with p[i, j] the model's density at (xs[j], ys[i]) on an n x n grid over [lo, hi]."""
+    xs = np.linspace(lo[0], hi[0], n, dtype=np.float32)
+    ys = np.linspace(lo[1], hi[1], n, dtype=np.float32)
+    gx, gy = np.meshgrid(xs, ys)
+    lp = ev.log_prob(np.stack([gx.ravel(), gy.ravel()], 1), seed)
+    return xs, ys, np.exp(np.asarray(lp, dtype=np.float64)).reshape(n, n)
+
+
+def plot_density(path: Path, ev: Evaluable, test: np.ndarray, title: str, seed: int = 0) -> Path:
+    """Heat maps of a 2-D model's density beside a histogram of the test data, on one window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = toy_window(test)
+    xs, ys, p = density_grid(ev, lo, hi, seed=seed)
+    cell = (xs[1] - xs[0]) * (ys[1] - ys[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    extent = (lo[0], hi[0], lo[1], hi[1])
+    axes[0].hist2d(test[:, 0], test[:, 1], bins=100, range=[[lo[0], hi[0]], [lo[1], hi[1]]], cmap="magma")
+    axes[0].set_title("test data", fontsize=9)
+    axes[1].imshow(p, origin="lower", extent=extent, cmap="magma", aspect="auto")
+    axes[1].set_title(f"model density (mass in window {p.sum() * cell:.3f})", fontsize=9)
+    for ax in axes:
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, title: str) -> Path:
     """A scatter over the mode centres (toys) or a grid of images."""
     import matplotlib
@@ -252,8 +293,7 @@ def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, 
         if centers:
             c = np.asarray(centers)
             ax.scatter(c[:, 0], c[:, 1], marker="x", c="k", s=30, label="modes")
-        lo = np.percentile(test, 0.5, axis=0) - 0.5
-        hi = np.percentile(test, 99.5, axis=0) + 0.5
+        lo, hi = toy_window(test)
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")

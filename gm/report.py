@@ -50,7 +50,8 @@ def collect(root: Path) -> list[dict]:
     rows = []
     for path in sorted((root / "artifacts" / "eval").glob("*/metrics.json")):
         row = json.loads(path.read_text())
-        row["_samples"] = path.parent / "samples.png"
+        # samples first, then the family's extra views (reconstructions, density heat maps)
+        row["_figures"] = sorted(path.parent.glob("*.png"), key=lambda f: (f.name != "samples.png", f.name))
         rows.append(row)
     return rows
 
@@ -210,7 +211,7 @@ def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path], 
                      + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body]
         parts.append("</table><div>")
-        parts += [_img(r["_samples"]) for r in rows if r["dataset"] == dataset and r["_samples"].is_file()]
+        parts += [_img(f) for r in rows if r["dataset"] == dataset for f in r["_figures"]]
         parts.append("</div>")
     if plots:
         parts.append("<h2>training and tuning curves</h2>" + "".join(_img(p) for p in plots))

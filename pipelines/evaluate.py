@@ -18,7 +18,7 @@ import numpy as np
 
 from gm import stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
-from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_samples
+from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_density, plot_samples
 from gm.files import read_json, write_json
 
 
@@ -104,6 +104,10 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
         pairs = np.stack([test_x[:50].reshape(5, 10, *test_x.shape[1:]), recon.reshape(5, 10, *test_x.shape[1:])], 1)
         plots.append(plot_samples(out / "reconstructions.png", pairs.reshape(100, *test_x.shape[1:]), test_x, meta,
                                   f"{c.label}: test images (odd rows) and reconstructions (even rows)"))
+    if first.likelihood is not None and meta["kind"] == "toy" and test_x.shape[1] == 2:
+        plots.append(plot_density(out / "density.png", first, test_x, f"{c.label} ({c.family}): "
+                                  f"{'exact' if first.likelihood == 'exact' else 'bound on the'} density",
+                                  params.evaluate.seed))
     tags = tracking.stage_tags("evaluate", c.label, root, c.dataset, **{"gm.family": c.family,
                                                                         "gm.featurizer": summary["featurizer"]})
     with tracking.run(f"evaluate/{c.label}", tags):

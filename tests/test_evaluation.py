@@ -49,3 +49,26 @@ def test_family_specific_test_metrics():
     vq = sampler("vqvae", codebook_size=8).extra_metrics(x, 0)
     assert set(vq) == {"test_recon_mse", "codebook_perplexity"} and 1.0 <= vq["codebook_perplexity"] <= 8.0
     assert sampler("gan", arch="dcgan").extra_metrics(x, 0) == {}
+
+
+class _Gaussian2D:
+    """An exact 2-D density in closed form: N(mu, sd^2 I)."""
+
+    likelihood = "exact"
+    mu, sd = np.array([1.0, -0.5]), 0.7
+
+    def log_prob(self, x, seed):
+        return -0.5 * (((x - self.mu) / self.sd) ** 2).sum(1) - np.log(2 * np.pi * self.sd**2)
+
+
+def test_density_grid_of_a_known_gaussian_integrates_to_one_and_peaks_at_its_mean(tmp_path):
+    from gm.evaluation import density_grid, plot_density
+
+    g = _Gaussian2D()
+    xs, ys, p = density_grid(g, g.mu - 6 * g.sd, g.mu + 6 * g.sd, n=241)
+    assert p.shape == (241, 241)
+    assert np.trapezoid(np.trapezoid(p, xs, axis=1), ys) == pytest.approx(1.0, abs=1e-3)
+    i, j = np.unravel_index(p.argmax(), p.shape)
+    assert (xs[j], ys[i]) == pytest.approx(tuple(g.mu), abs=float(xs[1] - xs[0]))  # rows y, columns x
+    test = np.random.default_rng(0).normal(g.mu, g.sd, size=(2000, 2))
+    assert plot_density(tmp_path / "density.png", g, test, "gaussian").stat().st_size > 5000
