@@ -69,8 +69,9 @@ def vae_space() -> dict:
 @register_space("realnvp")
 def realnvp_space() -> dict:
     return {
-        "model.n_layers": {"choice": [4, 8, 12]},
-        "model.hidden": {"choice": [64, 128, 256]},
+        "model.n_layers": {"choice": [4, 8, 12]},  # arch vector (toys); the multi-scale arch ignores it
+        "model.scales": {"choice": [2, 3]},  # arch multiscale (images); 8×8 digits take at most 3
+        "model.hidden": {"choice": [32, 64, 128]},  # around the paper's 64 feature maps (§4.1)
         "model.lr": {"loguniform": [1e-4, 3e-3]},
     }
 

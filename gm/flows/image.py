@@ -348,28 +348,53 @@ class FlowStack(Flow):
         return x, log_det
 
 
+def _shape_after(steps: Sequence[Flow], shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(C, H, W) after `steps` in the density order: each `Squeeze`, the only layer that changes
+    the shape, maps it to (4C, H/2, W/2)."""
+    c, h, w = shape
+    for layer in steps:
+        if isinstance(layer, Squeeze):
+            if h % 2 or w % 2:
+                raise ValueError(f"Squeeze needs even H and W, got {h}×{w}")
+            c, h, w = 4 * c, h // 2, w // 2
+    return c, h, w
+
+
 class MultiScaleFlow(nn.Module):
     """The multi-scale architecture (Dinh et al. 2017, §3.6; Kingma & Dhariwal 2018, Fig. 2b):
-    for each of `levels` levels, density direction: squeeze, the level's steps, and — except
-    after the last level — factor out half the channels. The latent is every factored-out
-    piece and the last level's output, flattened and concatenated: (B, C·H·W).
+    `levels` levels, each — density direction — a stack of steps and, except after the last
+    level, a factor-out of half the channels. The latent is every factored-out piece and the
+    last level's output, flattened and concatenated: (B, C·H·W).
 
-    `make_steps(channels, height, width)` returns one level's steps in the density order
-    (Glow: ActNorm, 1×1 conv, coupling, K times). Needs H and W divisible by 2^levels.
+    Two layouts of a level:
+    - `squeeze_first` (Glow, the default): the level squeezes, then runs
+      `make_steps(4C, H/2, W/2)`; H and W must be divisible by 2^levels.
+    - not `squeeze_first` (RealNVP): `make_steps(C, H, W)` gets the level's input shape and
+      places its own `Squeeze` layers among its steps (RealNVP: checkerboard couplings, squeeze,
+      channel-wise couplings); the level's output shape follows those squeezes.
+    `make_steps` returns the steps in the density order; `make_last`, when given, builds the last
+    level instead (RealNVP's final scale: checkerboard couplings only, no squeeze).
     """
 
     def __init__(self, shape: Sequence[int], levels: int,
-                 make_steps: Callable[[int, int, int], Sequence[Flow]], learned_prior: bool = True):
+                 make_steps: Callable[[int, int, int], Sequence[Flow]], learned_prior: bool = True, *,
+                 squeeze_first: bool = True,
+                 make_last: Callable[[int, int, int], Sequence[Flow]] | None = None):
         super().__init__()
         c, h, w = shape
-        if h % 2 ** levels or w % 2 ** levels:
+        if squeeze_first and (h % 2 ** levels or w % 2 ** levels):
             raise ValueError(f"{levels} levels need H and W divisible by {2 ** levels}, got {h}×{w}")
+        self.squeeze_first = squeeze_first
         self.squeeze = Squeeze()
         steps, factors = [], []
         self.latent_shapes: list[tuple[int, int, int]] = []  # per level, what it hands to the prior
         for level in range(levels):
-            c, h, w = 4 * c, h // 2, w // 2
-            steps.append(FlowStack(list(make_steps(c, h, w))[::-1]))  # FlowStack lists sampling order
+            if squeeze_first:
+                c, h, w = 4 * c, h // 2, w // 2
+            make = make_last if make_last is not None and level == levels - 1 else make_steps
+            level_steps = list(make(c, h, w))
+            c, h, w = _shape_after(level_steps, (c, h, w))
+            steps.append(FlowStack(level_steps[::-1]))  # FlowStack lists sampling order
             if level < levels - 1:
                 factor = FactorOut(c, learned_prior)
                 factors.append(factor)
@@ -389,7 +414,8 @@ class MultiScaleFlow(nn.Module):
         pieces = []
         h = x
         for level, steps in enumerate(self.steps):
-            h, _ = self.squeeze.inverse(h)  # (B, 4C, H/2, W/2)
+            if self.squeeze_first:
+                h, _ = self.squeeze.inverse(h)  # (B, 4C, H/2, W/2)
             h, ld = steps.inverse(h)
             log_det = log_det + ld
             if level < len(self.factors):
@@ -414,5 +440,6 @@ class MultiScaleFlow(nn.Module):
                 log_det = log_det + ld
             h, ld = self.steps[level](h)
             log_det = log_det + ld
-            h, _ = self.squeeze(h)
+            if self.squeeze_first:
+                h, _ = self.squeeze(h)
         return h, log_det

@@ -1,154 +1,166 @@
-"""RealNVP (Dinh et al. 2017): affine coupling layers on flattened vectors, exact likelihood.
+"""RealNVP (Dinh et al. 2017, "Density estimation using Real NVP"): affine couplings with
+checkerboard and channel-wise masks in a multi-scale architecture, exact likelihood.
 
-Coupling with a binary mask m (1 = passed through, 0 = transformed):
-    x_b = x·m,  y = x_b + (1 - m)·(x·exp(s(x_b)) + t(x_b)),  log|det ∂y/∂x| = Σ (1 - m)·s(x_b),
-with s = scale_factor·tanh(raw) so one layer can scale by at most exp(±scale_factor).
-Masks alternate: checkerboard and its complement on the H×W grid for images, even/odd
-indices for vectors. Each coupling is optionally followed by a learned per-dimension affine
-(ActNorm-like, Kingma & Dhariwal 2018, without the data-dependent initialisation).
+Affine coupling (§3.2-3.4; Eq. 9 is the masked form) with a binary mask b (1 = passed through,
+0 = transformed), density direction:
+
+    y = b⊙x + (1 - b)⊙(x⊙exp(s(b⊙x)) + t(b⊙x)),    log|det ∂y/∂x| = Σ (1 - b)⊙s(b⊙x)
+
+with s = scale_factor·tanh(raw) bounded, so one coupling scales by at most exp(±scale_factor) and
+a deep stack cannot blow up early in training. s and t come from one small conv net (a 3×3 conv,
+1×1 convs, a 3×3 output conv; the paper uses ResNets) whose last layer starts at zero: every
+coupling starts at the identity. Masks (§3.4, Fig. 3): a spatial checkerboard, or the first or
+second half of the channels; consecutive couplings alternate a mask with its complement.
+
+Multi-scale architecture (§3.6), `arch: multiscale`: S = `scales` scales; each but the last runs,
+in the density direction,
+
+    3 checkerboard couplings -> squeeze (C, H, W) -> (4C, H/2, W/2) -> 3 channel-wise couplings
+
+and factors half its channels out to the N(0, I) prior (Eq. 13); the last scale is 4 checkerboard
+couplings. log p(x) = Σ log N(z; 0, I) + log|det ∂z/∂x|, z every factored-out piece and the last
+scale's output. S scales squeeze S - 1 times and the last checkerboard needs at least a 2×2 grid,
+so H and W must be divisible by 2^S: 8×8 digits take S <= 3 (S = 2: (1, 8, 8) -> (4, 4, 4) ->
+keep (2, 4, 4)). Batch normalisation (§3.7) is left out; `actnorm` puts a per-channel affine
+with data-dependent init (Kingma & Dhariwal 2018, §3.1) after every coupling instead.
+
+`arch: vector` (2-D toys): `n_layers` couplings on the flattened vector with MLP s/t nets,
+masks alternating between even and odd indices. `arch: auto` picks multiscale for images and
+vector otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Literal
 
 import torch
 from torch import nn
 
-from gm.config import spec
-from gm.data.spec import DataSpec
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp, normal_log_prob, randn
+from gm.config import ConfigError, spec
+from gm.data.spec import DataSpec, halvable_image
+from gm.flows.dequantization import DequantizationConfig
+from gm.flows.image import (
+    ActNorm,
+    AffineCoupling,
+    FlowStack,
+    MultiScaleFlow,
+    Squeeze,
+    channel_mask,
+    checkerboard_mask,
+    coupling_conv_net,
+)
+from gm.flows.layers import Flow
+from gm.models._flow import FlowDensityModel
+from gm.models.base import StepGroup
+from gm.nn.mlp import Activation, mlp
 from gm.registry import register_model
+
+__all__ = ["RealNVP", "RealNVPConfig"]
+
+CHECKERBOARD_COUPLINGS = 3  # per scale, before the squeeze (§3.6)
+CHANNEL_COUPLINGS = 3  # per scale, after the squeeze (§3.6)
+FINAL_COUPLINGS = 4  # checkerboard couplings of the last scale (§3.6)
 
 
 @dataclass(frozen=True)
-class RealNVPConfig:
-    n_layers: int = spec(8, gt=0)  # coupling layers, masks alternating
-    hidden: int = spec(256, gt=0)
-    depth: int = spec(2, gt=0)  # hidden layers of each coupling's s/t net
-    activation: Activation = "relu"
-    scale_factor: float = spec(2.0, gt=0)  # bound on each coupling's log-scale (Dinh 2017 also tanh-bound s)
-    actnorm: bool = True  # learned per-dimension affine after each coupling
-    lr: float = spec(1e-3, gt=0)  # Dinh 2017, §4.1: ADAM with default hyperparameters
-    weight_decay: float = spec(0.0, ge=0)  # Dinh 2017 use L2 5e-5; 0 keeps small toys unregularised
+class RealNVPConfig(DequantizationConfig):
+    arch: Literal["auto", "multiscale", "vector"] = "auto"  # auto: multiscale (§3.6) for images, else vector
+    scales: int = spec(2, gt=0)  # §3.6, S - 1 squeezes; the paper's CIFAR-10 model downscales once (§4.1)
+    n_layers: int = spec(8, gt=0)  # vector arch: couplings, even/odd masks alternating
+    hidden: int = spec(64, gt=0)  # feature maps (units) of each s/t net; §4.1: 64 for CIFAR-10
+    depth: int = spec(2, gt=0)  # hidden layers of each s/t net (§4.1: ResNets of 2-8 residual blocks)
+    activation: Activation = "relu"  # of the vector arch's MLPs (conv nets: ReLU, as the paper's ResNets)
+    scale_factor: float = spec(2.0, gt=0)  # s = scale_factor·tanh(raw) (s of Eq. 9): |s| <= scale_factor
+    actnorm: bool = True  # ActNorm after each coupling (Glow §3.1) in place of the paper's batch norm (§3.7)
+    lr: float = spec(1e-3, gt=0)  # §4.1: ADAM with default hyperparameters
+    weight_decay: float = spec(0.0, ge=0)  # §4.1: L2 5e-5 on the scale weights; 0 leaves toys unregularised
 
 
-def coupling_masks(data: DataSpec) -> torch.Tensor:
-    """The base mask, flattened to (D,): a checkerboard on the last two dims of image data
-    (the same for every channel), even indices for vectors. Layers alternate it and 1 - it."""
-    if data.kind == "image" and len(data.shape) >= 2:
-        h, w = data.shape[-2:]
-        grid = (torch.arange(h)[:, None] + torch.arange(w)[None, :]) % 2 == 0  # (H, W)
-        return grid.expand(*data.shape).reshape(-1).float()  # (D,)
-    return (torch.arange(data.dim) % 2 == 0).float()  # (D,)
+def coupling(mask: torch.Tensor, net: nn.Module, c: RealNVPConfig) -> list[Flow]:
+    """An affine coupling with a tanh-bounded scale, then (with `actnorm`) an ActNorm; density order."""
+    layers: list[Flow] = [AffineCoupling(mask, net, "tanh", c.scale_factor)]
+    if c.actnorm:
+        layers.append(ActNorm(mask.shape[0]))  # per channel for (C, H, W) masks, per dimension for (D,)
+    return layers
 
 
-class AffineCoupling(nn.Module):
-    """One affine coupling layer; `mask` (D,) marks the dimensions passed through unchanged."""
-
-    def __init__(self, mask: torch.Tensor, hidden: int, depth: int, activation: Activation, scale_factor: float):
-        super().__init__()
-        dim = mask.numel()
-        self.register_buffer("mask", mask, persistent=False)  # rebuilt from the DataSpec on load
-        self.scale_factor = scale_factor
-        self.net = mlp(dim, 2 * dim, hidden, depth, activation)  # x_b -> (raw s, t)
-        # Zero output weights start every coupling at the identity, a stable start for deep flows (Glow).
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
-
-    def _scale_shift(self, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw, t = self.net(x_b).chunk(2, dim=-1)  # (B, D) each
-        free = 1 - self.mask
-        return free * self.scale_factor * torch.tanh(raw), free * t
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) -> y (B, D), log|det| (B,)."""
-        x_b = x * self.mask
-        s, t = self._scale_shift(x_b)
-        y = x_b + (1 - self.mask) * (x * torch.exp(s) + t)
-        return y, s.sum(-1)
-
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        """(B, D) -> x (B, D); exact since the masked half passes through unchanged."""
-        y_b = y * self.mask
-        s, t = self._scale_shift(y_b)
-        return y_b + (1 - self.mask) * ((y - t) * torch.exp(-s))
+def conv_coupling(mask: torch.Tensor, c: RealNVPConfig) -> list[Flow]:
+    """A coupling on (B, C, H, W) with a zero-initialised conv s/t net (starts at the identity)."""
+    channels = mask.shape[0]
+    return coupling(mask, coupling_conv_net(channels, 2 * channels, c.hidden, c.depth), c)
 
 
-class ActNorm(nn.Module):
-    """y = x·exp(log_scale) + bias per dimension, starting at the identity."""
+def checkerboard_couplings(n: int, channels: int, height: int, width: int, c: RealNVPConfig) -> list[Flow]:
+    """n couplings with alternating checkerboard masks (§3.4, Fig. 3 left); density order."""
+    return [layer for i in range(n)
+            for layer in conv_coupling(checkerboard_mask(channels, height, width, parity=i % 2), c)]
 
-    def __init__(self, dim: int):
-        super().__init__()
-        self.log_scale = nn.Parameter(torch.zeros(dim))  # (D,)
-        self.bias = nn.Parameter(torch.zeros(dim))  # (D,)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) -> y (B, D), log|det| (B,)."""
-        y = x * torch.exp(self.log_scale) + self.bias
-        return y, self.log_scale.sum().expand(x.shape[0])
+def scale_steps(channels: int, height: int, width: int, c: RealNVPConfig) -> list[Flow]:
+    """One scale but the last (§3.6): checkerboard couplings, squeeze, channel-wise couplings."""
+    checkerboard = checkerboard_couplings(CHECKERBOARD_COUPLINGS, channels, height, width, c)
+    squeezed = (4 * channels, height // 2, width // 2)  # (4C, H/2, W/2)
+    channelwise = [layer for i in range(CHANNEL_COUPLINGS)
+                   for layer in conv_coupling(channel_mask(*squeezed, parity=i % 2), c)]
+    return [*checkerboard, Squeeze(), *channelwise]
 
-    def inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return (y - self.bias) * torch.exp(-self.log_scale)
+
+def vector_coupling(mask: torch.Tensor, c: RealNVPConfig) -> list[Flow]:
+    """A coupling on (B, D) with a zero-initialised MLP s/t net (starts at the identity)."""
+    dim = mask.numel()
+    net = mlp(dim, 2 * dim, c.hidden, c.depth, c.activation)  # x_b -> (raw s, t)
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return coupling(mask, net, c)
+
+
+def resolve_arch(c: RealNVPConfig, data: DataSpec) -> str:
+    """"multiscale" or "vector"; a ConfigError naming the field when the data cannot take it."""
+    is_image = data.kind == "image" and len(data.shape) == 3
+    arch = c.arch if c.arch != "auto" else ("multiscale" if is_image else "vector")
+    if arch == "multiscale":
+        halvable_image(data, c.scales, "scales", fallback="vector")  # S - 1 squeezes, then a grid of >= 2×2
+    elif data.dim < 2:
+        raise ConfigError(f"arch: 'vector' couplings need at least 2 dimensions, got shape {tuple(data.shape)}")
+    return arch
 
 
 @register_model("realnvp")
-class RealNVP(GenerativeModel):
-    """A stack of affine couplings from data x to latent z ~ N(0, I); exact log p(x)."""
+class RealNVP(FlowDensityModel):
+    """RealNVP on images (multi-scale, §3.6) or on vectors (MLP couplings); exact log p(x)."""
 
     config_cls = RealNVPConfig
-    likelihood = "exact"
 
     def __init__(self, config: RealNVPConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        base = coupling_masks(data)
-        layers: list[nn.Module] = []
-        for i in range(c.n_layers):
-            mask = base if i % 2 == 0 else 1 - base
-            layers.append(AffineCoupling(mask, c.hidden, c.depth, c.activation, c.scale_factor))
-            if c.actnorm:
-                layers.append(ActNorm(data.dim))
-        self.layers = nn.ModuleList(layers)
+        self.arch = resolve_arch(c, data)
+        if self.arch == "multiscale":
+            self.flow = MultiScaleFlow(
+                data.shape, c.scales, partial(scale_steps, c=c), learned_prior=False,  # factored out to N(0, I)
+                squeeze_first=False, make_last=partial(checkerboard_couplings, FINAL_COUPLINGS, c=c))
+        else:
+            even = (torch.arange(data.dim) % 2 == 0).float()  # (D,)
+            masks = [even if i % 2 == 0 else 1 - even for i in range(c.n_layers)]
+            steps = [layer for mask in masks for layer in vector_coupling(mask, c)]
+            self.flow = FlowStack(steps[::-1])  # FlowStack lists the sampling order
 
     def step_groups(self) -> list[StepGroup]:
-        c = self.config
-        return [StepGroup("flow", list(self.parameters()), lr=c.lr, weight_decay=c.weight_decay)]
+        wd = self.config.weight_decay
+        return [replace(g, weight_decay=wd) if g.name == "flow" else g for g in super().step_groups()]
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> latent: (B, *shape) -> z of the same shape and log|det ∂z/∂x| (B,)."""
-        h = x.flatten(1)  # (B, D)
-        logdet = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
-        for layer in self.layers:
-            h, ld = layer(h)
-            logdet = logdet + ld
-        return h.view_as(x), logdet
+        """Data -> latent: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
+        if self.arch == "multiscale":
+            return self.flow.to_latent(x)
+        return self.flow.inverse(x.flatten(1))
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> data: z with B rows ((B, D) or (B, *shape)) -> x (B, *shape)."""
-        h = z.flatten(1)  # (B, D)
-        for layer in reversed(self.layers):
-            h = layer.inverse(h)
-        return h.view(h.shape[0], *self.data.shape)
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = log N(z; 0, I) + log|det ∂z/∂x| per row, in nats; (B, *shape) -> (B,)."""
-        check_unconditional(self, condition)
-        z, logdet = self.forward_and_logdet(x)
-        return normal_log_prob(z.flatten(1)).sum(-1) + logdet
-
-    def loss(self, batch: Batch, group: str) -> ModelOutput:
-        if group != "flow":
-            raise KeyError(f"RealNVP has the single step group 'flow', got {group!r}")
-        z, logdet = self.forward_and_logdet(batch.x)
-        nll = -(normal_log_prob(z.flatten(1)).sum(-1) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        """The inverse flow of z ~ N(0, I); discrete data is clamped into [-1, 1)."""
-        check_unconditional(self, condition)
-        z = randn((n, self.data.dim), generator, self.device)  # (n, D)
-        return clamp_to_model_space(self.inverse(z), self.data)  # (n, *shape)
+        """Latent -> data: z (B, D) -> x (B, *shape)."""
+        if self.arch == "multiscale":
+            x, _ = self.flow.from_latent(z)
+        else:
+            x, _ = self.flow(z)
+        return x.reshape(z.shape[0], *self.data.shape)
