@@ -3,22 +3,41 @@
 A family builds its invertible map and, where it is not a `gm.flows` sequence in `self.flow`,
 overrides `forward_and_logdet` (data -> latent, the density direction) and `inverse`
 (latent -> data, the sampling direction). The base supplies the rest of the contract from the
-change of variables log p(x) = log p_Z(z) + log|det ∂z/∂x|: the exact log-likelihood, the
+change of variables log p(x) = log p_Z(z) + log|det ∂z/∂x|: the log-likelihood, the
 maximum-likelihood loss (one step group, "flow") and sampling through the inverse.
+
+Discrete data is dequantized as the config's `dequantization` says (`gm.flows.dequantization`,
+whose fields every flow config inherits): uniformly (the pipeline's noise, log p(x) exact), or
+by a jointly trained q(u | v), which the base builds as `self.dequantizer`. Then the instance's
+`likelihood` is "bound": `log_prob` is the importance-weighted bound L_k (k = `iwae_k`), the loss
+is -L_1 (the ELBO) and evaluation raises k (`gm.evaluation.with_eval_bound`). Sampling is the
+same either way: `DataSpec.to_data` floors samples onto their levels.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from gm.data.spec import DataSpec
+from gm.flows.dequantization import DequantizationConfig, make_dequantizer
+from gm.models._latent import IWAE_CHUNK_ELEMENTS
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import check_unconditional, clamp_to_model_space, normal_log_prob, randn
+from gm.nn.observation import levels_of
 
 
 class FlowDensityModel(GenerativeModel):
     """x = f(z), z ~ p_Z (N(0, I) unless `prior_log_prob`/`prior_sample` say otherwise)."""
 
     likelihood = "exact"
+
+    def __init__(self, config: DequantizationConfig, data: DataSpec):
+        super().__init__(config, data)
+        self.dequantizer = make_dequantizer(config, data)  # None: uniform dequantization
+        if self.dequantizer is not None:
+            self.likelihood = "bound"
 
     def step_groups(self) -> list[StepGroup]:
         return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
@@ -39,15 +58,55 @@ class FlowDensityModel(GenerativeModel):
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return randn((n, self.data.dim), generator, self.device)  # (n, D)
 
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        """Exact log p(x) = log p_Z(z) + log|det ∂z/∂x|, nats; (B, *shape) -> (B,)."""
-        check_unconditional(self, condition)
+    def flow_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The flow's density log p(x) = log p_Z(z) + log|det ∂z/∂x|, nats; (B, *shape) -> (B,)."""
         z, logdet = self.forward_and_logdet(x)
         return self.prior_log_prob(z) + logdet
+
+    # -- variational dequantization -------------------------------------------------------
+    def dequantized_terms(self, x: torch.Tensor, k: int,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(b + u_i/scale) and log q(u_i | v) for k draws u_i ~ q(u | v), v the levels of
+        x (B, *shape), b their bins' lower edges: (k, B) each."""
+        v = levels_of(x.flatten(1), self.data).to(x.dtype)  # (B, D)
+        u, log_q = self.dequantizer(v, k, generator)  # (k, B, D), (k, B)
+        x_q = (v + u - self.data.shift) / self.data.scale  # DataSpec.to_model with u ~ q, not U[0, 1)
+        log_p = self.flow_log_prob(x_q.reshape(-1, *self.data.shape)).view(k, -1)
+        return log_p, log_q
+
+    def dequantized_bound(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_k = log (1/k) Σ_i p(b + u_i/scale) / q(u_i | v) per row, model-space nats: (B, *shape) -> (B,).
+
+        Drawn in chunks (sized as `LatentVariableModel.iwae_bound`'s, with the dequantizer's
+        dequant_hidden per dimension as the widest activation) and combined by a running
+        log-sum-exp, so large k neither overflows memory nor underflows.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        b = x.shape[0]
+        chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, b * self.data.dim * self.config.dequant_hidden)))
+        total = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
+        for start in range(0, k, chunk):
+            log_p, log_q = self.dequantized_terms(x, min(chunk, k - start), generator)  # (kc, B) each
+            total = torch.logaddexp(total, torch.logsumexp(log_p - log_q, dim=0))
+        return total - math.log(k)
+
+    # -- the contract -----------------------------------------------------------------------
+    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Model-space nats per row, (B, *shape) -> (B,): the exact log p(x) under uniform
+        dequantization, the bound L_k (k = `iwae_k`) under variational."""
+        check_unconditional(self, condition)
+        if self.dequantizer is None:
+            return self.flow_log_prob(x)
+        return self.dequantized_bound(x, self.config.iwae_k)
 
     def loss(self, batch: Batch, group: str) -> ModelOutput:
         if group != "flow":
             raise KeyError(f"{type(self).__name__} has the single step group 'flow', got {group!r}")
+        if self.dequantizer is not None:
+            log_p, log_q = self.dequantized_terms(batch.x, 1)  # (1, B) each: -L_1 is the negative ELBO
+            nll = -(log_p - log_q).mean()
+            return ModelOutput(nll, {"nll": nll.item(), "log_q": log_q.mean().item()})
         z, logdet = self.forward_and_logdet(batch.x)
         nll = -(self.prior_log_prob(z) + logdet).mean()
         return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})

@@ -25,6 +25,7 @@ import torch
 
 from gm.config import ConfigError, spec
 from gm.data.spec import DataSpec, halvable_image
+from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import (
     ActNorm,
     AdditiveCoupling,
@@ -43,7 +44,7 @@ __all__ = ["Glow", "GlowConfig"]
 
 
 @dataclass(frozen=True)
-class GlowConfig:
+class GlowConfig(DequantizationConfig):
     levels: int = spec(2, gt=0)  # L; the paper uses 3 on 32×32 CIFAR-10, 8×8 digits allow at most 3
     steps_per_level: int = spec(8, gt=0)  # K; the paper's 32 (CIFAR-10) is far more than 8×8 data needs
     hidden: int = spec(64, gt=0)  # channels (units) of each coupling net; the paper's 512 suits 32×32 images

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from gm.config import spec
 from gm.data.spec import DataSpec
+from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import ActNorm
 from gm.flows.layers import Flow, FlowSequence, IAFLayer, alternating_orders
 from gm.models._flow import FlowDensityModel
@@ -32,7 +33,7 @@ __all__ = ["IAF", "IAFConfig"]
 
 
 @dataclass(frozen=True)
-class IAFConfig:
+class IAFConfig(DequantizationConfig):
     n_layers: int = spec(4, gt=0)  # IAF steps, orderings reversed in turn
     hidden: int = spec(64, gt=0)  # units per MADE hidden layer
     depth: int = spec(2, gt=0)  # hidden layers per MADE (Kingma 2016 use two-layer MADEs)

@@ -22,6 +22,7 @@ from torch import nn
 
 from gm.config import spec
 from gm.data.spec import DataSpec
+from gm.flows.dequantization import DequantizationConfig
 from gm.flows.layers import Flow, FlowSequence, MAFLayer, alternating_orders
 from gm.models._flow import FlowDensityModel
 from gm.nn.mlp import Activation
@@ -31,7 +32,7 @@ __all__ = ["MAF", "MAFConfig", "BatchNormFlow"]
 
 
 @dataclass(frozen=True)
-class MAFConfig:
+class MAFConfig(DequantizationConfig):
     n_layers: int = spec(5, gt=0)  # MADE steps (the paper's "MAF 5"; also MAF 10)
     hidden: int = spec(100, gt=0)  # units per MADE hidden layer (the paper's UCI models: 100)
     depth: int = spec(2, gt=0)  # hidden layers per MADE (the paper: 1 or 2)

@@ -23,6 +23,7 @@ from torch import nn
 
 from gm.config import spec
 from gm.data.spec import DataSpec
+from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import AdditiveCoupling
 from gm.models._flow import FlowDensityModel
 from gm.nn.mlp import Activation, mlp, normal_log_prob, rand, randn
@@ -32,7 +33,7 @@ __all__ = ["NICE", "NICEConfig", "logistic_log_prob"]
 
 
 @dataclass(frozen=True)
-class NICEConfig:
+class NICEConfig(DequantizationConfig):
     n_layers: int = spec(4, gt=0)  # additive couplings, partitions alternating (§5.1: four)
     hidden: int = spec(256, gt=0)  # width of each coupling MLP (§5.1: 1000 units for MNIST)
     depth: int = spec(4, gt=0)  # hidden layers of each coupling MLP (§5.1: 5 for MNIST)

@@ -33,6 +33,7 @@ import torch
 
 from gm.config import spec
 from gm.data.spec import DataSpec
+from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import ActNorm
 from gm.flows.layers import Flow, FlowSequence, PlanarFlow, RadialFlow
 from gm.models._flow import FlowDensityModel
@@ -42,7 +43,7 @@ __all__ = ["PlanarDensity", "PlanarConfig", "InvertibleRadialFlow"]
 
 
 @dataclass(frozen=True)
-class PlanarConfig:
+class PlanarConfig(DequantizationConfig):
     kind: Literal["planar", "radial"] = "planar"  # Eq. 10 or Eq. 14
     n_layers: int = spec(16, gt=0)  # K steps; R&M 2015 fit 2-D energies with K = 2 to 32 (Fig. 3)
     actnorm: bool = True  # a data-dependent per-dimension affine at the data end (see the module doc)
