@@ -1,7 +1,8 @@
 """Benchmarks that print figures (never timed tests).
 
-    python -m gm.bench [stages|ray|eval|all] [--experiment E] [--steps 1000] [--repeats 2]
+    python -m gm.bench [stages|ray|eval|sampling|all] [--experiment E] [--steps 1000] [--repeats 2]
                        [--eval-experiment gan-digits] [--eval-samples 10000]
+                       [--params profiles/likelihood.yaml] [--dataset digits] [--samples 1000]
 
 1. stages: per-stage wall time of the last pipeline run (recorded by every stage in
    artifacts/timings/).
@@ -11,6 +12,9 @@
    shards, teardown).
 3. eval: time and peak memory of a full evaluation of one trained image experiment
    with 10,000 samples (sampling, features, FD/KID/PRDC, classes, likelihood).
+4. sampling: samples per second of every experiment of a params file on one dataset, on
+   one thread and on all, from freshly built models (the cost depends on the architecture,
+   not on the weights): an autoregressive model pays one network pass per pixel.
 """
 
 from __future__ import annotations
@@ -107,14 +111,42 @@ def bench_eval(root: Path, name: str, n: int) -> None:
                                                               "coverage", "class_coverage") if k in metrics))
 
 
+def bench_sampling(root: Path, params_path: Path, dataset: str, n: int) -> None:
+    from gm.config import load_params
+    from gm.training.validate import sample_data
+
+    params = load_params(params_path)
+    spec = data_spec(stage.prepared_dir(dataset, root))
+    threads = torch.get_num_threads()
+    print(f"sampling speed, {n} samples of {dataset} per run ({params_path.name}; untrained models):")
+    print(f"  {'experiment':<26} {'family':<16} {'1 thread':>12} {f'{threads} threads':>12}")
+    for name, exp in params.experiments.items():
+        if exp.dataset != dataset:
+            continue
+        torch.manual_seed(0)
+        model = build_model(exp.family, exp.model, spec).eval()
+        rates = []
+        for t in (1, threads):
+            torch.set_num_threads(t)
+            sample_data(model, spec, min(n, 64), seed=1)  # warm-up
+            t0 = time.perf_counter()
+            sample_data(model, spec, n, seed=0)
+            rates.append(n / (time.perf_counter() - t0))
+        print(f"  {name:<26} {exp.family:<16} {rates[0]:>10.0f}/s {rates[1]:>10.0f}/s")
+    torch.set_num_threads(threads)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="gm benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["stages", "ray", "eval", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["stages", "ray", "eval", "sampling", "all"])
     p.add_argument("--experiment", default="wgan_gp-grid25")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--eval-experiment", default="gan-digits")
     p.add_argument("--eval-samples", type=int, default=10000)
+    p.add_argument("--params", type=Path, default=Path("profiles/likelihood.yaml"))
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--samples", type=int, default=1000)
     args = p.parse_args(argv)
     root = stage.root()
     if args.what in ("stages", "all"):
@@ -123,6 +155,9 @@ def main(argv=None) -> None:
         bench_eval(root, args.eval_experiment, args.eval_samples)
     if args.what in ("ray", "all"):
         bench_ray(root, args.experiment, args.steps, args.repeats)
+    if args.what in ("sampling", "all"):
+        bench_sampling(root, root / args.params if not args.params.is_absolute() else args.params,
+                       args.dataset, args.samples)
 
 
 def bench_stages(root: Path) -> None:

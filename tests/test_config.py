@@ -27,6 +27,14 @@ def test_the_quick_profile_and_the_tiny_profile_are_valid():
     assert parse(tiny_params()).experiments["vae-digits"].model.z_dim == 4
 
 
+@pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "profiles").glob("*.yaml")))
+def test_every_benchmark_profile_is_valid(profile):
+    from gm.config import load_params
+
+    p = load_params(REPO / "profiles" / profile)
+    assert p.experiments and all(e.dataset in p.datasets for e in p.experiments.values())
+
+
 def mutate(path: str, value):
     raw = copy.deepcopy(tiny_params())
     keys = path.split(".")
