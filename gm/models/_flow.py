@@ -16,13 +16,11 @@ same either way: `DataSpec.to_data` floors samples onto their levels.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from gm.data.spec import DataSpec
 from gm.flows.dequantization import DequantizationConfig, make_dequantizer
-from gm.models._latent import IWAE_CHUNK_ELEMENTS
+from gm.models._latent import log_mean_exp_draws
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import check_unconditional, clamp_to_model_space, normal_log_prob, randn
 from gm.nn.observation import levels_of
@@ -77,19 +75,15 @@ class FlowDensityModel(GenerativeModel):
     def dequantized_bound(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """L_k = log (1/k) Σ_i p(b + u_i/scale) / q(u_i | v) per row, model-space nats: (B, *shape) -> (B,).
 
-        Drawn in chunks (sized as `LatentVariableModel.iwae_bound`'s, with the dequantizer's
-        dequant_hidden per dimension as the widest activation) and combined by a running
-        log-sum-exp, so large k neither overflows memory nor underflows.
+        Drawn in chunks (the dequantizer's dequant_hidden per dimension the widest activation)
+        and combined by a running log-sum-exp, as the latent families' IWAE bound.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        b = x.shape[0]
-        chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, b * self.data.dim * self.config.dequant_hidden)))
-        total = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
-        for start in range(0, k, chunk):
-            log_p, log_q = self.dequantized_terms(x, min(chunk, k - start), generator)  # (kc, B) each
-            total = torch.logaddexp(total, torch.logsumexp(log_p - log_q, dim=0))
-        return total - math.log(k)
+        def log_weights(n: int) -> torch.Tensor:
+            log_p, log_q = self.dequantized_terms(x, n, generator)  # (n, B) each
+            return log_p - log_q
+
+        return log_mean_exp_draws(log_weights, k, x.shape[0], self.data.dim * self.config.dequant_hidden,
+                                  x.device, x.dtype)
 
     # -- the contract -----------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,6 +29,21 @@ from gm.nn.observation import ObservationName, make_observation
 IWAE_CHUNK_ELEMENTS = 1 << 22
 
 
+def log_mean_exp_draws(log_weights, k: int, rows: int, width: int, device,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """log (1/k) Σ_i exp(w_i) per row over k importance draws, (rows,): `log_weights(n)` draws n
+    of them, (n, rows). Drawn in chunks of at most IWAE_CHUNK_ELEMENTS / (rows · width) draws
+    (width: the widest activation per row and draw) and combined by a running log-sum-exp, so
+    large k neither overflows memory nor underflows."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, rows * width)))
+    total = torch.full((rows,), -math.inf, dtype=dtype, device=device)
+    for start in range(0, k, chunk):
+        total = torch.logaddexp(total, torch.logsumexp(log_weights(min(chunk, k - start)), dim=0))
+    return total - math.log(k)
+
+
 @dataclass(frozen=True)
 class LatentConfig:
     z_dim: int = spec(8, gt=0)  # latent dimension; WAE/Burda-style MNIST models use 8-50
@@ -120,16 +135,11 @@ class LatentVariableModel(GenerativeModel):
         (B, *shape) -> (B,) nats. The k samples are drawn in chunks sized to bound memory and
         combined with a running log-sum-exp, so large k neither overflows nor underflows.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        b = x.shape[0]
-        chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, b * self.iwae_width())))
-        total = torch.full((b,), -math.inf, dtype=torch.float32, device=x.device)
-        for start in range(0, k, chunk):
-            z, log_q = self.posterior(x, min(chunk, k - start), generator)  # (kc, B, Z), (kc, B)
-            log_w = self.log_px(x, z) + self.prior_log_prob(z) - log_q  # (kc, B)
-            total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
-        return total - math.log(k)
+        def log_weights(n: int) -> torch.Tensor:
+            z, log_q = self.posterior(x, n, generator)  # (n, B, Z), (n, B)
+            return self.log_px(x, z) + self.prior_log_prob(z) - log_q  # (n, B)
+
+        return log_mean_exp_draws(log_weights, k, x.shape[0], self.iwae_width(), x.device)
 
     # -- the contract -------------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
