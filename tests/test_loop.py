@@ -50,11 +50,19 @@ def test_checkpoint_selection_picks_lowest_score_or_final_step():
 
     from gm.training.driver import select_checkpoint
 
-    kept = [("c250", {"step": 250, "val_score": 0.9}), ("c500", {"step": 500, "val_score": 0.4}),
-            ("c750", {"step": 750, "val_score": 1.3}), ("diverged", {"step": 800})]
-    result = SimpleNamespace(best_checkpoints=kept)
-    assert select_checkpoint(result, "best")[0] == "c500"
-    assert select_checkpoint(result, "last")[0] == "c750"  # the final scored checkpoint, not the best
-    assert select_checkpoint(SimpleNamespace(best_checkpoints=[]), "last") == (None, {})
+    def ckpt(step):
+        return SimpleNamespace(path=f"checkpoint_{step:08d}")
+
+    c250, c500, c750, c800 = ckpt(250), ckpt(500), ckpt(750), ckpt(800)
+    kept = [(c250, {"step": 250, "val_score": 0.9}), (c500, {"step": 500, "val_score": 0.4}),
+            (c750, {"step": 750, "val_score": 1.3}), (c800, {"step": 800})]
+    result = SimpleNamespace(best_checkpoints=kept, checkpoint=c750, metrics=kept[2][1])
+    assert select_checkpoint(result, "best")[0] is c500
+    assert select_checkpoint(result, "last")[0] is c750  # the final scored checkpoint, not the best
+    # the Result fit() returns lists only the best; the latest comes as result.checkpoint
+    live = SimpleNamespace(best_checkpoints=kept[1:2], checkpoint=c750, metrics={"step": 750, "val_score": 1.3})
+    assert select_checkpoint(live, "last") == (c750, {"step": 750, "val_score": 1.3})
+    assert select_checkpoint(live, "best")[0] is c500
+    assert select_checkpoint(SimpleNamespace(best_checkpoints=[], checkpoint=None), "last") == (None, {})
     with pytest.raises(ValueError, match="select"):
         select_checkpoint(result, "median")

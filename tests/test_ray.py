@@ -67,6 +67,19 @@ def test_two_workers_recover_from_a_failure_and_export_the_best_checkpoint(local
     assert again["val_score"] == pytest.approx(out.history[-1]["val_score"], rel=1e-4)
 
 
+def test_select_last_exports_the_final_checkpoint_of_a_live_run(local_ray, prepared, tmp_path):
+    exp = experiment("wgan_gp-ring8", steps=90, eval_every=30, select="last")
+    out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp_path / "ray"), "select-last")
+    assert [h["step"] for h in out.history] == [30, 60, 90]
+    assert out.metrics["step"] == 90 and out.metrics["val_score"] == pytest.approx(out.history[-1]["val_score"])
+    from gm.data.io import read_split
+
+    model = load_model(out.export(tmp_path / "last"))
+    val_x, _ = read_split(prepared / "artifacts/prepared/ring8", "val")
+    again = validation_scores(model, model.data, val_x, exp.train.val_samples, seed=exp.train.seed)
+    assert again["val_score"] == pytest.approx(out.history[-1]["val_score"], rel=1e-4)
+
+
 def test_a_diverging_run_stops_with_its_reason_and_no_checkpoint(local_ray, prepared, tmp_path):
     exp = experiment("vae-digits", model={"lr": 1e12}, steps=60, eval_every=30)
     out = fit(exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "diverge")

@@ -147,8 +147,18 @@ class TrainOutcome:
 
 def select_checkpoint(result, select: str = "best"):
     """(checkpoint, metrics) among the retained checkpoints that carry a validation score:
-    the lowest val_score for "best", the highest step for "last" (Ray always keeps the latest)."""
-    kept = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("val_score") is not None]
+    the lowest val_score for "best", the highest step for "last".
+
+    Ray keeps the latest checkpoint beside the `num_to_keep` best, but the Result that
+    `fit()` returns lists only the best in `best_checkpoints` (a Result read back with
+    `Result.from_path` lists both): the latest, `result.checkpoint` with the final
+    `result.metrics`, joins the candidates here.
+    """
+    kept = list(result.best_checkpoints or [])
+    latest = getattr(result, "checkpoint", None)
+    if latest is not None and all(c.path != latest.path for c, _ in kept):
+        kept.append((latest, result.metrics or {}))
+    kept = [(c, m) for c, m in kept if m.get("val_score") is not None]
     if not kept:
         return None, {}
     if select == "last":
