@@ -18,12 +18,26 @@ from __future__ import annotations
 
 import torch
 
-from gm.data.spec import DataSpec
+from gm.config import ConfigError
+from gm.data.spec import DataSpec, halvable_image
 from gm.flows.dequantization import DequantizationConfig, make_dequantizer
+from gm.flows.image import MultiScaleFlow
 from gm.models._latent import log_mean_exp_draws
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import check_unconditional, clamp_to_model_space, normal_log_prob, randn
 from gm.nn.observation import levels_of
+
+
+def resolve_arch(arch: str, data: DataSpec, halvings: int, field: str) -> str:
+    """"multiscale" or "vector" for an image flow's `arch` (auto: multiscale for images), with
+    `halvings` of H and W (its `field`) checked; a ConfigError naming the field otherwise."""
+    is_image = data.kind == "image" and len(data.shape) == 3
+    arch = arch if arch != "auto" else ("multiscale" if is_image else "vector")
+    if arch == "multiscale":
+        halvable_image(data, halvings, field, fallback="vector")
+    elif data.dim < 2:
+        raise ConfigError(f"arch: 'vector' couplings need at least 2 dimensions, got shape {tuple(data.shape)}")
+    return arch
 
 
 class FlowDensityModel(GenerativeModel):
@@ -42,12 +56,14 @@ class FlowDensityModel(GenerativeModel):
 
     def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Data -> latent: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
+        if isinstance(self.flow, MultiScaleFlow):
+            return self.flow.to_latent(x)
         return self.flow.inverse(x.flatten(1))
 
     def inverse(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> data: z (B, D) -> x (B, *shape)."""
-        x, _ = self.flow(z)
-        return x.view(z.shape[0], *self.data.shape)
+        x, _ = self.flow.from_latent(z) if isinstance(self.flow, MultiScaleFlow) else self.flow(z)
+        return x.reshape(z.shape[0], *self.data.shape)
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p_Z(z) summed over D: (B, D) -> (B,)."""

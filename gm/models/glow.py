@@ -23,8 +23,8 @@ from typing import Literal
 
 import torch
 
-from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec, halvable_image
+from gm.config import spec
+from gm.data.spec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import (
     ActNorm,
@@ -36,7 +36,7 @@ from gm.flows.image import (
     channel_mask,
     coupling_conv_net,
 )
-from gm.models._flow import FlowDensityModel
+from gm.models._flow import FlowDensityModel, resolve_arch
 from gm.nn.mlp import Activation, mlp
 from gm.registry import register_model
 
@@ -79,17 +79,6 @@ def image_step(channels: int, height: int, width: int, c: GlowConfig) -> list:
     return [ActNorm(channels), InvConv1x1(channels), coupling]
 
 
-def resolve_arch(c: GlowConfig, data: DataSpec) -> str:
-    """"multiscale" or "vector"; a ConfigError naming the field when the data cannot take it."""
-    is_image = data.kind == "image" and len(data.shape) == 3
-    arch = c.arch if c.arch != "auto" else ("multiscale" if is_image else "vector")
-    if arch == "multiscale":
-        halvable_image(data, c.levels, "levels", fallback="vector")
-    elif data.dim < 2:
-        raise ConfigError(f"arch: 'vector' couplings need at least 2 dimensions, got shape {tuple(data.shape)}")
-    return arch
-
-
 @register_model("glow")
 class Glow(FlowDensityModel):
     """Glow on images (multi-scale) or on vectors (its step, flattened); exact log p(x)."""
@@ -99,7 +88,7 @@ class Glow(FlowDensityModel):
     def __init__(self, config: GlowConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        self.arch = resolve_arch(c, data)
+        self.arch = resolve_arch(c.arch, data, c.levels, "levels")
         if self.arch == "multiscale":
             def level_steps(channels: int, height: int, width: int) -> list:
                 return [layer for _ in range(c.steps_per_level) for layer in image_step(channels, height, width, c)]
@@ -108,20 +97,6 @@ class Glow(FlowDensityModel):
         else:
             steps = [layer for _ in range(c.levels * c.steps_per_level) for layer in vector_step(data.dim, c)]
             self.flow = FlowStack(steps[::-1])  # FlowStack lists the sampling order
-
-    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> latent: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
-        if self.arch == "multiscale":
-            return self.flow.to_latent(x)
-        return self.flow.inverse(x.flatten(1))
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> data: z (B, D) -> x (B, *shape)."""
-        if self.arch == "multiscale":
-            x, _ = self.flow.from_latent(z)
-        else:
-            x, _ = self.flow(z)
-        return x.reshape(z.shape[0], *self.data.shape)
 
     def finish_samples(self, x: torch.Tensor) -> torch.Tensor:
         if self.data.levels:

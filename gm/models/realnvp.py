@@ -38,8 +38,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec, halvable_image
+from gm.config import spec
+from gm.data.spec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import (
     ActNorm,
@@ -52,7 +52,7 @@ from gm.flows.image import (
     coupling_conv_net,
 )
 from gm.flows.layers import Flow
-from gm.models._flow import FlowDensityModel
+from gm.models._flow import FlowDensityModel, resolve_arch
 from gm.models.base import StepGroup
 from gm.nn.mlp import Activation, mlp
 from gm.registry import register_model
@@ -116,17 +116,6 @@ def vector_coupling(mask: torch.Tensor, c: RealNVPConfig) -> list[Flow]:
     return coupling(mask, net, c)
 
 
-def resolve_arch(c: RealNVPConfig, data: DataSpec) -> str:
-    """"multiscale" or "vector"; a ConfigError naming the field when the data cannot take it."""
-    is_image = data.kind == "image" and len(data.shape) == 3
-    arch = c.arch if c.arch != "auto" else ("multiscale" if is_image else "vector")
-    if arch == "multiscale":
-        halvable_image(data, c.scales, "scales", fallback="vector")  # S - 1 squeezes, then a grid of >= 2×2
-    elif data.dim < 2:
-        raise ConfigError(f"arch: 'vector' couplings need at least 2 dimensions, got shape {tuple(data.shape)}")
-    return arch
-
-
 @register_model("realnvp")
 class RealNVP(FlowDensityModel):
     """RealNVP on images (multi-scale, §3.6) or on vectors (MLP couplings); exact log p(x)."""
@@ -136,7 +125,7 @@ class RealNVP(FlowDensityModel):
     def __init__(self, config: RealNVPConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        self.arch = resolve_arch(c, data)
+        self.arch = resolve_arch(c.arch, data, c.scales, "scales")
         if self.arch == "multiscale":
             self.flow = MultiScaleFlow(
                 data.shape, c.scales, partial(scale_steps, c=c), learned_prior=False,  # factored out to N(0, I)
@@ -150,17 +139,3 @@ class RealNVP(FlowDensityModel):
     def step_groups(self) -> list[StepGroup]:
         wd = self.config.weight_decay
         return [replace(g, weight_decay=wd) if g.name == "flow" else g for g in super().step_groups()]
-
-    def forward_and_logdet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Data -> latent: (B, *shape) -> z (B, D), log|det ∂z/∂x| (B,)."""
-        if self.arch == "multiscale":
-            return self.flow.to_latent(x)
-        return self.flow.inverse(x.flatten(1))
-
-    def inverse(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> data: z (B, D) -> x (B, *shape)."""
-        if self.arch == "multiscale":
-            x, _ = self.flow.from_latent(z)
-        else:
-            x, _ = self.flow(z)
-        return x.reshape(z.shape[0], *self.data.shape)
