@@ -86,7 +86,7 @@ class Baseline:
         """
         rows = BASELINES[self.name].draw(self.estimator, n, np.random.default_rng(seed))  # (n, D)
         if self.spec.levels:
-            z = torch.from_numpy((rows - self.spec.shift) / self.spec.scale)  # float64 model space
+            z = torch.from_numpy(self.spec.rescale(rows))  # float64 model space
             rows = self.spec.to_data(z).numpy()
         return rows.astype(np.float32).reshape(n, *self.spec.shape)
 

@@ -156,8 +156,7 @@ def main(argv=None) -> None:
     if args.what in ("ray", "all"):
         bench_ray(root, args.experiment, args.steps, args.repeats)
     if args.what in ("sampling", "all"):
-        bench_sampling(root, root / args.params if not args.params.is_absolute() else args.params,
-                       args.dataset, args.samples)
+        bench_sampling(root, root / args.params, args.dataset, args.samples)  # an absolute --params wins
 
 
 def bench_stages(root: Path) -> None:

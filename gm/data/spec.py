@@ -52,6 +52,11 @@ class DataSpec:
             else:
                 u = torch.full_like(x, 0.5)
             x = x + u
+        return self.rescale(x)
+
+    def rescale(self, x):
+        """The affine map of data-space values (dequantized levels v + u, a tensor or an array)
+        into model space."""
         return (x - self.shift) / self.scale
 
     def to_data(self, z: torch.Tensor) -> torch.Tensor:

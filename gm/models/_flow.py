@@ -84,7 +84,7 @@ class FlowDensityModel(GenerativeModel):
         x (B, *shape), b their bins' lower edges: (k, B) each."""
         v = levels_of(x.flatten(1), self.data).to(x.dtype)  # (B, D)
         u, log_q = self.dequantizer(v, k, generator)  # (k, B, D), (k, B)
-        x_q = (v + u - self.data.shift) / self.data.scale  # DataSpec.to_model with u ~ q, not U[0, 1)
+        x_q = self.data.rescale(v + u)  # as DataSpec.to_model, with u ~ q instead of U[0, 1)
         log_p = self.flow_log_prob(x_q.reshape(-1, *self.data.shape)).view(k, -1)
         return log_p, log_q
 

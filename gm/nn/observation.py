@@ -36,7 +36,7 @@ def levels_of(x: torch.Tensor, data: DataSpec) -> torch.Tensor:
 
 def bin_centres(v: torch.Tensor, data: DataSpec) -> torch.Tensor:
     """Model-space centre of level v's bin: what a discrete sample becomes in model space."""
-    return (v.float() + 0.5 - data.shift) / data.scale
+    return data.rescale(v.float() + 0.5)
 
 
 def discretized_logistic_mixture_log_prob(v: torch.Tensor, logit_pi: torch.Tensor, mean: torch.Tensor,

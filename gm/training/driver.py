@@ -155,7 +155,7 @@ def select_checkpoint(result, select: str = "best"):
     `result.metrics`, joins the candidates here.
     """
     kept = list(result.best_checkpoints or [])
-    latest = getattr(result, "checkpoint", None)
+    latest = result.checkpoint
     if latest is not None and all(c.path != latest.path for c, _ in kept):
         kept.append((latest, result.metrics or {}))
     kept = [(c, m) for c, m in kept if m.get("val_score") is not None]
