@@ -17,7 +17,7 @@ from gm import stage, tracking
 from gm.config import ExperimentConfig
 from gm.files import write_json
 from gm.models.base import load_model
-from gm.training.driver import TrainOutcome, fit_many, init_ray, storage_path
+from gm.training.driver import TrainOutcome, check_buildable, fit_many, init_ray, storage_path
 from gm.training.validate import validation_metric
 
 
@@ -66,6 +66,7 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
     params = stage.params(root)
     exp = params.experiment(name)
     data_dir = stage.prepared_dir(exp.dataset, root)
+    check_buildable(exp, data_dir)  # before Ray starts
     out = root / "artifacts" / "train" / name
     init_ray(params.ray)
     tracking.setup(params.mlflow, root)

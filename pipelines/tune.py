@@ -16,7 +16,7 @@ from gm import stage, tracking
 from gm.config import to_dict
 from gm.files import write_json
 from gm.models.base import load_model
-from gm.training.driver import export_selected, init_ray, storage_path
+from gm.training.driver import check_buildable, export_selected, init_ray, storage_path
 from gm.training.validate import validation_metric
 from tune.driver import METRIC, run_sweep, trial_run_name
 from tune.sweep import apply_overrides
@@ -50,6 +50,7 @@ def tune_sweep(name: str, root: Path, resume: bool = False) -> dict:
     sweep = params.sweeps[name]
     exp = params.experiment(sweep.experiment)
     data_dir = stage.prepared_dir(exp.dataset, root)
+    check_buildable(exp, data_dir)  # before Ray starts
     out = root / "artifacts" / "tune" / name
     storage = storage_path(params.ray, root)
     init_ray(params.ray)

@@ -105,6 +105,23 @@ def test_stage_scripts_exit_2_with_one_line_and_no_traceback(tmp_path):
         "error: experiments.vae-digits.model.beta: expected a value >= 0, got -1.0"]
 
 
+def test_a_model_that_does_not_fit_its_data_stops_the_stage_before_ray(tmp_path):
+    raw = mutate("experiments.maf-ring8", {"family": "maf", "dataset": "ring8",
+                                           "model": {"dequantization": "variational"}})
+    write_params(tmp_path, raw)
+    env = env_for(tmp_path)
+    prep = subprocess.run([sys.executable, "-m", "pipelines.prepare", "ring8"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert prep.returncode == 0, prep.stderr
+    r = subprocess.run([sys.executable, "-m", "pipelines.train", "maf-ring8"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: experiments.maf-ring8.model.dequantization: variational needs discrete data"), lines
+    assert not (tmp_path / "artifacts" / "train").exists()  # nothing trained, nothing written
+
+
 def test_missing_data_file_is_named_before_anything_runs(tmp_path):
     write_params(tmp_path, tiny_params())  # digits points at data/digits/digits.csv.gz, absent here
     r = subprocess.run([sys.executable, "-m", "gm.cli", "--root", str(tmp_path), "check"], cwd=REPO,

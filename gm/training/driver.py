@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gm.config import ExperimentConfig, RayParams
+from gm.config import ConfigError, ExperimentConfig, RayParams
 from gm.data.io import data_spec
 from gm.training.loop import train_loop_per_worker
 
@@ -92,6 +93,21 @@ def scaling_config(exp: ExperimentConfig):
     if s.use_gpu:
         resources["GPU"] = s.gpus_per_worker
     return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
+
+
+def check_buildable(exp: ExperimentConfig, data_dir: Path) -> None:
+    """Build the experiment's model once on its prepared data, in the driver and before Ray starts:
+    a config that does not fit the data (image-only options on a toy, too many squeezes for the
+    image, variational dequantization of continuous data) is a ConfigError naming the field,
+    not a traceback from a Ray worker."""
+    from gm.models.base import build_model
+
+    try:
+        build_model(exp.family, exp.model, data_spec(data_dir))
+    except ConfigError as e:
+        msg = str(e)
+        field_first = re.match(r"\w+:", msg) is not None  # "levels: ..." names a field of the model config
+        raise ConfigError(f"experiments.{exp.name}.model{'.' if field_first else ': '}{msg}") from None
 
 
 def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, callbacks=None):
