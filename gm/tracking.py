@@ -223,7 +223,9 @@ def promote_if_better(name: str, version: int, score: float) -> bool:
 
     client = mlflow.tracking.MlflowClient()
     current = champion(name)
-    if current is None:
+    if not math.isfinite(score):  # a diverged model is never a champion, even the first one
+        decision, promote = f"not promoted: validation score {score} is not finite", False
+    elif current is None:
         decision, promote = "promoted: no champion before", True
     else:
         best = float(current.tags.get("gm.val_score", "inf"))
