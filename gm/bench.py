@@ -1,8 +1,9 @@
 """Benchmarks that print figures (never timed tests).
 
-    python -m gm.bench [stages|ray|eval|sampling|all] [--experiment E] [--steps 1000] [--repeats 2]
+    python -m gm.bench [stages|ray|eval|sampling|tune|all] [--experiment E] [--steps 1000] [--repeats 2]
                        [--eval-experiment gan-digits] [--eval-samples 10000]
                        [--params profiles/likelihood.yaml] [--dataset digits] [--samples 1000]
+                       [--sweep wgan_gp-grid25] [--trials 4] [--asha-samples 16]
 
 1. stages: per-stage wall time of the last pipeline run (recorded by every stage in
    artifacts/timings/).
@@ -15,6 +16,11 @@
 4. sampling: samples per second of every experiment of a params file on one dataset, on
    one thread and on all, from freshly built models (the cost depends on the architecture,
    not on the weights): an autoregressive model pays one network pass per pixel.
+5. tune: ASHA against random search at equal compute on one sweep of params.yaml: random runs
+   `--trials` full-budget trials (FIFO); ASHA draws from the same space with the same searcher
+   seed until the optimizer steps of all its trials reach the same total. Prints the best
+   validation score each found and the compute each spent (steps, trial-seconds, wall time),
+   for each of `--repeats` searcher seeds.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ray.tune import Stopper
 
 from gm import stage
 from gm.data.io import data_spec, read_split
@@ -136,9 +143,70 @@ def bench_sampling(root: Path, params_path: Path, dataset: str, n: int) -> None:
     torch.set_num_threads(threads)
 
 
+class StepBudget(Stopper):
+    """Tune stopper: ends the whole sweep once its trials' optimizer steps add up to `budget`."""
+
+    def __init__(self, budget: int):
+        self.budget, self.steps = budget, {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.steps[trial_id] = max(self.steps.get(trial_id, 0), int(result.get("step", 0)))
+        return False
+
+    def stop_all(self) -> bool:
+        return sum(self.steps.values()) >= self.budget
+
+
+def sweep_compute(grid) -> dict:
+    """Optimizer steps and trial-seconds a finished sweep spent, over all its trials."""
+    steps = secs = 0.0
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is not None and len(df):
+            steps += float(df["step"].max())
+            secs += float(df["time_total_s"].max()) if "time_total_s" in df else 0.0
+    return {"steps": int(steps), "trial_seconds": secs, "trials": len(list(grid))}
+
+
+def bench_tune(root: Path, sweep_name: str, trials: int, asha_samples: int, repeats: int) -> None:
+    from gm.training.driver import storage_path
+    from tune.driver import run_sweep
+
+    params = stage.params(root)
+    base = params.sweeps[sweep_name]
+    exp = params.experiment(base.experiment)
+    data_dir = stage.prepared_dir(exp.dataset, root)
+    budget = trials * exp.train.steps
+    init_ray(params.ray)
+    storage = storage_path(params.ray, root)
+
+    print(f"ASHA against random search on {sweep_name} ({exp.family} on {exp.dataset}, knobs "
+          f"{', '.join(base.space)}): equal budget of {budget} optimizer steps ({trials} full trials of "
+          f"{exp.train.steps}), validation {'W1' if exp.dataset != 'digits' else 'score'}, lower is better")
+    print(f"  {'seed':>4} {'method':<8} {'best val':>9} {'trials':>7} {'steps':>7} {'trial-s':>8} {'wall s':>7}  best knobs")
+    found = {"random": [], "asha": []}
+    for seed in range(repeats):
+        for method in ("random", "asha"):
+            sweep = dataclasses.replace(base, seed=base.seed + seed, scheduler="fifo" if method == "random" else "asha",
+                                        num_samples=trials if method == "random" else asha_samples)
+            t0 = time.perf_counter()
+            res = run_sweep(sweep, exp, data_dir, storage, f"bench-tune-{sweep_name}-{method}",
+                            stopper=StepBudget(budget) if method == "asha" else None)
+            wall = time.perf_counter() - t0
+            c = sweep_compute(res.grid)
+            found[method].append(res.best_score)
+            knobs = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                              for k, v in res.best_overrides.items())
+            print(f"  {seed:>4} {method:<8} {res.best_score:>9.4f} {c['trials']:>7} {c['steps']:>7} "
+                  f"{c['trial_seconds']:>8.0f} {wall:>7.0f}  {knobs}", flush=True)
+    for method, v in found.items():
+        print(f"  {method:<8} best val over {repeats} seed(s): {statistics.fmean(v):.4f}"
+              + (f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ""))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="gm benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["stages", "ray", "eval", "sampling", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["stages", "ray", "eval", "sampling", "tune", "all"])
     p.add_argument("--experiment", default="wgan_gp-grid25")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=2)
@@ -147,6 +215,9 @@ def main(argv=None) -> None:
     p.add_argument("--params", type=Path, default=Path("profiles/likelihood.yaml"))
     p.add_argument("--dataset", default="digits")
     p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--sweep", default="wgan_gp-grid25")
+    p.add_argument("--trials", type=int, default=4, help="random search's full-budget trials (the budget)")
+    p.add_argument("--asha-samples", type=int, default=16, help="configurations ASHA may draw")
     args = p.parse_args(argv)
     root = stage.root()
     if args.what in ("stages", "all"):
@@ -157,6 +228,8 @@ def main(argv=None) -> None:
         bench_ray(root, args.experiment, args.steps, args.repeats)
     if args.what in ("sampling", "all"):
         bench_sampling(root, root / args.params, args.dataset, args.samples)  # an absolute --params wins
+    if args.what == "tune":  # minutes of training: only when asked for
+        bench_tune(root, args.sweep, args.trials, args.asha_samples, args.repeats)
 
 
 def bench_stages(root: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
 
@@ -63,6 +64,9 @@ def mutate(path: str, value):
     ("tune.sweeps.vae-digits.space", {"model.beta": {"loguniform": [-1, 2]}}, "tune.sweeps.vae-digits.space.model.beta"),
     ("tune.sweeps.vae-digits.space", {"model.depthh": {"choice": [1]}}, "unknown knob 'model.depthh'"),
     ("tune.sweeps.vae-digits.space", {"model.beta": {"choice": [1.0, -2.0]}}, "value -2.0 is out of range"),
+    ("tune.sweeps.vae-digits.scheduler", "hyperband", "tune.sweeps.vae-digits.scheduler: expected one of"),
+    ("tune.sweeps.vae-digits.search", "bayes", "tune.sweeps.vae-digits.search: expected one of"),
+    ("tune.sweeps.vae-digits.quantile_fraction", 0.8, "tune.sweeps.vae-digits.quantile_fraction: expected a value <= 0.5"),
     ("evaluate.n_samples", 0, "evaluate.n_samples: expected a value > 0"),
     ("experiments.wgan_gp-ring8.model.pack", 3, "experiments.wgan_gp-ring8.model.pack: expected a divisor of train.batch_size"),
     ("train.lr_schedule", "step", "train.lr_schedule: expected one of"),
@@ -83,6 +87,20 @@ def test_a_sweep_is_checked_against_the_family_cross_section_rules():
                                      "space": {"train.batch_size": {"choice": [32, 30]}}}
     with pytest.raises(ConfigError, match=r"tune.sweeps.pack.space.train.batch_size: value 30 conflicts with "
                                           r"model.pack: expected a divisor of train.batch_size \(30\), got 4"):
+        parse(raw)
+
+
+@pytest.mark.parametrize("sweep,expect", [
+    ({"scheduler": "pbt", "search": "optuna"}, "tune.sweeps.vae-digits.search: PBT draws its own population"),
+    ({"search": "optuna", "space": {"model.beta": {"grid": [0.5, 2.0]}}},
+     "tune.sweeps.vae-digits.space.model.beta: a grid needs search: random"),
+    ({"scheduler": "pbt", "space": {"model.beta": {"grid": [0.5, 2.0]}}},
+     "tune.sweeps.vae-digits.space.model.beta: a grid needs search: random and a scheduler other than pbt"),
+])
+def test_sweep_combinations_tune_cannot_run_are_refused(sweep, expect):
+    raw = tiny_params()
+    raw["tune"]["sweeps"]["vae-digits"].update(sweep)
+    with pytest.raises(ConfigError, match=re.escape(expect)):
         parse(raw)
 
 

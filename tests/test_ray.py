@@ -1,4 +1,4 @@
-"""Real Ray Train and Tune on tiny data: workers, recovery, checkpoints, sweeps, two nodes."""
+"""Real Ray Train on tiny data: workers, recovery, checkpoints, two nodes (sweeps: test_tune.py)."""
 
 from __future__ import annotations
 
@@ -85,27 +85,6 @@ def test_a_diverging_run_stops_with_its_reason_and_no_checkpoint(local_ray, prep
     out = fit(exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "diverge")
     assert out.diverged and ("nan" in out.diverged or "inf" in out.diverged)
     assert out.checkpoint is None and out.export(tmp_path / "best") is None
-
-
-def test_tune_runs_two_trials_and_exports_the_better_one(local_ray, prepared, tmp_path):
-    from gm.training.driver import export_selected
-    from tune.driver import run_sweep, trial_run_name
-
-    params = parse_params({**tiny_params(), "tune": {"sweeps": {"s": {
-        "experiment": "vae-digits", "num_samples": 1, "scheduler": "fifo",
-        "space": {"model.beta": {"grid": [0.25, 4.0]}}}}}})
-    sweep, exp = params.sweeps["s"], params.experiments["vae-digits"]
-    storage = str(tmp_path / "ray")
-    result = run_sweep(sweep, exp, prepared / "artifacts/prepared/digits", storage, "tune-s")
-    trials = list(result.grid)
-    assert len(trials) == 2 and all(t.error is None for t in trials)
-    assert result.concurrency == 2  # two 1-CPU trials on 2 CPUs, drivers taking no CPU
-    scores = {t.config["model.beta"]: t.metrics_dataframe["val_score"].min() for t in trials}
-    assert result.best_score == pytest.approx(min(scores.values()))
-    assert result.best_overrides["model.beta"] == min(scores, key=scores.get)
-    metrics = export_selected(storage, trial_run_name(result.best_trial_id), tmp_path / "best")
-    assert metrics["val_score"] == pytest.approx(result.best_score)
-    assert load_model(tmp_path / "best").config.beta == result.best_overrides["model.beta"]
 
 
 def test_two_nodes_on_one_machine(prepared, tmp_path):

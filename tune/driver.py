@@ -1,9 +1,10 @@
 """The Tuner driver: Ray Tune over a function that launches one TorchTrainer per trial.
 
 This is Ray's current pattern for Train V2 (`Tuner(trainer)` is deprecated): each
-trial function builds a TorchTrainer whose `TuneReportCallback` forwards the
-workers' reports to Tune, so schedulers such as ASHA see the validation score as
-training goes and can stop a trial (and its Train workers) early.
+trial function builds a TorchTrainer whose callback forwards the workers' reports,
+with their checkpoints, to Tune. Schedulers see the validation score as training
+goes: ASHA stops a trial (and its Train workers) early, PBT restarts a weak trial
+from a strong trial's checkpoint with perturbed knobs.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray.train import UserCallback
+
 from gm.config import ExperimentConfig
-from gm.training.driver import clear_run, make_trainer
+from gm.training.driver import clear_run, make_trainer, select_checkpoint
 from gm.training.loop import experiment_from_dict
-from tune.sweep import SweepConfig, apply_overrides, to_tune_domain
+from tune.sweep import DOMAINS, SweepConfig, apply_overrides, to_tune_domain
 
 METRIC, MODE = "val_score", "min"
 
@@ -24,21 +27,112 @@ def trial_run_name(trial_id: str) -> str:
     return f"train-{trial_id}"
 
 
+class TrialDiverged(RuntimeError):
+    """A trial whose loss went NaN or infinite: Tune marks it failed with this reason."""
+
+
+ACK_TIMEOUT_S = 3600.0  # a report waits this long for Tune to take it (a checkpoint copy on slow storage)
+
+
+class Mailbox:
+    """One report at a time from the Train controller to the trial function, and its acknowledgement
+    back (a Ray actor holding no CPU: one process per trial segment)."""
+
+    def __init__(self):
+        import queue
+
+        self.reports, self.acks = queue.Queue(maxsize=1), queue.Queue()
+
+    def put(self, item) -> None:
+        self.reports.put(item)
+
+    def get(self, timeout: float):
+        import queue
+
+        try:
+            return self.reports.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def ack(self) -> None:
+        self.acks.put(True)
+
+    def wait_ack(self, timeout: float) -> bool:
+        import queue
+
+        try:
+            return self.acks.get(timeout=timeout)
+        except queue.Empty:
+            return False
+
+
+class ForwardToTrial(UserCallback):
+    """Train callback (runs in the Train controller): hands every report, metrics and checkpoint, to the
+    trial function and waits until Tune has taken it. Ray's own TuneReportCallback forwards only the
+    metrics; PBT needs the checkpoint in Tune to exploit it, and a restored sweep resumes from it."""
+
+    def __init__(self, mailbox):
+        self.mailbox = mailbox
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        import ray
+
+        # rank 0's metrics carry the validation score
+        ray.get(self.mailbox.put.remote((dict(metrics[0]), checkpoint)))
+        ray.get(self.mailbox.wait_ack.remote(ACK_TIMEOUT_S))
+
+
 def make_trial_fn(exp: ExperimentConfig, data_dir: Path, storage: str):
-    """The function each Tune trial runs: a whole Ray Train run with the trial's overrides."""
+    """The function each Tune trial runs: a whole Ray Train run with the trial's overrides.
+
+    The Train run starts from the trial's Tune checkpoint when it has one (PBT's exploit hands it the
+    checkpoint of a stronger trial; a restored sweep hands it its own latest), else from scratch;
+    every Train report goes to Tune with its checkpoint. A diverged run fails the trial with its reason.
+    """
     base = exp.to_dict()
     data_dir = str(Path(data_dir).resolve())
 
     def trial_fn(config: dict) -> None:
+        import threading
+
+        import ray
         from ray import tune
-        from ray.tune.integration.ray_train import TuneReportCallback
 
         trial_exp = experiment_from_dict(apply_overrides(base, config))
         name = trial_run_name(tune.get_context().get_trial_id())
-        trainer = make_trainer(trial_exp, Path(data_dir), storage, name, callbacks=[TuneReportCallback()])
-        result = trainer.fit()
+        start = tune.get_checkpoint()
+        clear_run(storage, name)  # never Train's own resume of an earlier segment of this trial
+        mailbox = ray.remote(num_cpus=0, max_concurrency=4)(Mailbox).remote()
+        trainer = make_trainer(trial_exp, Path(data_dir), storage, name,
+                               callbacks=[ForwardToTrial(mailbox)], init_checkpoint=start)
+        outcome: dict = {}
+
+        def fit() -> None:
+            try:
+                outcome["result"] = trainer.fit()
+            except BaseException as e:  # noqa: BLE001  (re-raised in the trial's own thread)
+                outcome["error"] = e
+
+        runner = threading.Thread(target=fit, name=f"fit-{name}", daemon=True)
+        runner.start()
+        while True:
+            item = ray.get(mailbox.get.remote(1.0))
+            if item is None:
+                if not runner.is_alive():  # a report blocks fit() until acknowledged: none is left behind
+                    break
+                continue
+            metrics, checkpoint = item
+            tune.report(metrics, checkpoint=checkpoint)
+            mailbox.ack.remote()
+        runner.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
         if result.error is not None:
             raise result.error
+        diverged = (result.return_value or {}).get("diverged")
+        if diverged:
+            raise TrialDiverged(f"diverged: {diverged}")
 
     return trial_fn
 
@@ -61,43 +155,98 @@ def concurrency(sweep: SweepConfig, exp: ExperimentConfig) -> int:
 @dataclass
 class SweepResult:
     grid: object  # ray.tune.ResultGrid
+    best: object  # the ray.tune.Result of the best trial (its checkpoints are the trial's)
     best_overrides: dict
     best_score: float
     best_trial_id: str
     concurrency: int
 
 
-def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
-              resume: bool = False) -> SweepResult:
-    """Run (or, with `resume`, continue) a sweep; returns the grid and its best trial."""
+class ClampToSpace:
+    """PBT's explore scales a continuous knob by 0.8 or 1.2: keep it inside the sweep's domain."""
+
+    def __init__(self, space: dict):
+        self.bounds = {k: (args[0], args[1] - (kind == "randint"))
+                       for k, d in space.items() for kind, args in d.items() if DOMAINS[kind]}
+
+    def __call__(self, config: dict) -> dict:
+        for key, (low, high) in self.bounds.items():
+            if key in config:
+                config[key] = type(config[key])(min(max(config[key], low), high))
+        return config
+
+
+def make_scheduler(sweep: SweepConfig, exp: ExperimentConfig):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+
+    if sweep.scheduler == "asha":  # ASHA counts Tune iterations: one per report, i.e. per train.eval_every steps
+        max_t = math.ceil(exp.train.steps / exp.train.eval_every)
+        return ASHAScheduler(max_t=max_t, grace_period=min(sweep.grace_period, max_t),
+                             reduction_factor=sweep.reduction_factor)
+    if sweep.scheduler == "pbt":  # perturb in steps, so a trial restarted from a checkpoint keeps its clock
+        mutations = {k: list(args) if kind == "choice" else to_tune_domain(d)  # choices shift, numbers scale
+                     for k, d in sweep.space.items() for kind, args in d.items()}
+        return PopulationBasedTraining(
+            time_attr="step", perturbation_interval=sweep.perturbation_interval * exp.train.eval_every,
+            hyperparam_mutations=mutations, quantile_fraction=sweep.quantile_fraction,
+            resample_probability=sweep.resample_probability, custom_explore_fn=ClampToSpace(sweep.space))
+    return FIFOScheduler()
+
+
+def make_searcher(sweep: SweepConfig, concurrent: int):
+    """The searcher, holding at most `concurrent` trials at once (TuneConfig's max_concurrent_trials
+    is ignored with a variant generator, so each searcher carries its own limit)."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if sweep.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        # TPE; metric and mode come from TuneConfig
+        return ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=concurrent)
+    return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent)
+
+
+def trial_checkpoints(sweep: SweepConfig, exp: ExperimentConfig):
+    """Checkpoints each trial keeps in Tune: the best by validation score (as Train keeps) and the latest.
+
+    Under PBT every one: an exploit copies a member's latest whatever its score, and Tune's pruning
+    of a member restarted from another's checkpoint deletes folders it no longer has (Ray 2.60), which
+    fails the trial. A PBT sweep's disk use therefore grows with its reports."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if sweep.scheduler == "pbt":
+        return tune.CheckpointConfig(num_to_keep=None)
+    return tune.CheckpointConfig(num_to_keep=exp.train.num_to_keep, checkpoint_score_attribute=METRIC,
+                                 checkpoint_score_order=MODE)
+
+
+def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
+              resume: bool = False, stopper=None) -> SweepResult:
+    """Run (or, with `resume`, continue) a sweep; returns the grid and its best trial.
+
+    `stopper` (a ray.tune.Stopper) may end trials or the whole sweep early (e.g. a compute budget)."""
+    from ray import tune
 
     # The trial function only drives a TorchTrainer: it holds no CPU by default, so the CPUs go to
     # Train workers (2 cores run 2 one-worker trials). Ray refuses an empty bundle: ask for a little memory.
     trial_fn = tune.with_resources(make_trial_fn(exp, data_dir, storage),
                                    {"cpu": sweep.trial_driver_cpus, "memory": 64 * 2**20})
     path = f"{storage.rstrip('/')}/{name}"
+    n = concurrency(sweep, exp)
     if resume and tune.Tuner.can_restore(path):
+        # finished trials stay as they are; unfinished ones restart from their latest checkpoint
         tuner = tune.Tuner.restore(path, trainable=trial_fn, resume_unfinished=True, restart_errored=False)
-        n = concurrency(sweep, exp)
     else:
         clear_run(storage, name)
-        # ASHA counts Tune iterations: one per report, i.e. per train.eval_every steps
-        max_t = math.ceil(exp.train.steps / exp.train.eval_every)
-        scheduler = (ASHAScheduler(max_t=max_t, grace_period=min(sweep.grace_period, max_t),
-                                   reduction_factor=sweep.reduction_factor)
-                     if sweep.scheduler == "asha" else FIFOScheduler())
-        n = concurrency(sweep, exp)
         tuner = tune.Tuner(
             trial_fn,
             param_space={k: to_tune_domain(d) for k, d in sweep.space.items()},
             tune_config=tune.TuneConfig(
-                metric=METRIC, mode=MODE, scheduler=scheduler, num_samples=sweep.num_samples,
-                max_concurrent_trials=n,
-                search_alg=_seeded_random_search(sweep.seed),
+                metric=METRIC, mode=MODE, scheduler=make_scheduler(sweep, exp), num_samples=sweep.num_samples,
+                search_alg=make_searcher(sweep, n),
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, stop=stopper,
+                                      checkpoint_config=trial_checkpoints(sweep, exp)),
         )
     grid = tuner.fit()
     ok = [r for r in grid if r.error is None and r.metrics and math.isfinite(r.metrics.get(METRIC, math.inf))]
@@ -105,23 +254,14 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]
         raise RuntimeError(f"sweep {name}: no trial finished with a finite {METRIC} ({errors or 'no results'})")
     best = min(ok, key=lambda r: trial_score(r, exp.train.select))
-    return SweepResult(grid=grid, best_overrides=dict(best.config), best_score=trial_score(best, exp.train.select),
-                       best_trial_id=_trial_id(best), concurrency=n)
-
-
-def _seeded_random_search(seed: int):
-    from ray.tune.search import BasicVariantGenerator
-
-    return BasicVariantGenerator(random_state=seed)
+    return SweepResult(grid=grid, best=best, best_overrides=dict(best.config),
+                       best_score=trial_score(best, exp.train.select), best_trial_id=_trial_id(best), concurrency=n)
 
 
 def trial_score(result, select: str = "best") -> float:
-    """A trial's score under the experiment's checkpoint rule: its lowest report ("best") or its final one
-    ("last"), so the trial ranked first is the one whose exported checkpoint scores best."""
-    df = result.metrics_dataframe
-    if select == "best" and df is not None and METRIC in df:
-        return float(df[METRIC].min())
-    return float(result.metrics.get(METRIC, math.inf))
+    """A trial's score: that of the checkpoint `train.select` would export from it (its best retained
+    one, or its latest), so the trial ranked first is the one whose exported model scores best."""
+    return float(select_checkpoint(result, select)[1].get(METRIC, math.inf))
 
 
 def _trial_id(result) -> str:

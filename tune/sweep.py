@@ -16,10 +16,17 @@ DOMAINS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None, "grid": 
 @dataclass(frozen=True)
 class SweepConfig:
     experiment: str  # the experiment whose config the trials start from
-    num_samples: int = spec(4, gt=0)  # trials (times the grid, if any)
-    scheduler: Literal["asha", "fifo"] = "asha"
+    num_samples: int = spec(4, gt=0)  # trials (times the grid, if any); PBT: the population
+    # asha: successive halving stops weak trials early; pbt: population-based training, weak trials
+    # take over a strong trial's checkpoint and perturb its knobs; fifo: every trial runs its full budget
+    scheduler: Literal["asha", "pbt", "fifo"] = "asha"
+    # random: independent draws (and grids); optuna: TPE, a model-based searcher fed by finished trials
+    search: Literal["random", "optuna"] = "random"
     grace_period: int = spec(1, gt=0)  # ASHA: reports (of train.eval_every steps) before a trial may stop
     reduction_factor: int = spec(2, gt=1)
+    perturbation_interval: int = spec(2, gt=0)  # PBT: reports between exploit/explore decisions
+    quantile_fraction: float = spec(0.25, gt=0, le=0.5)  # PBT: bottom share that copies the top share
+    resample_probability: float = spec(0.25, ge=0, le=1)  # PBT: chance a knob is redrawn, not scaled
     max_concurrent_trials: int | None = spec(None, gt=0)  # None: as many as the cluster's CPUs/GPUs allow
     trial_driver_cpus: float = spec(0.0, ge=0)  # the trial function only launches the TorchTrainer
     seed: int = 0
@@ -86,7 +93,39 @@ def build_sweep(name: str, raw: Mapping, experiments: Mapping[str, ExperimentCon
         space = SPACES[exp.family]()
     if not space:
         raise ConfigError(f"{where}.space: expected at least one knob")
-    return dataclasses.replace(sweep, space=check_space(space, exp, f"{where}.space"))
+    space = check_space(space, exp, f"{where}.space")
+    if sweep.scheduler == "pbt" and sweep.search != "random":
+        raise ConfigError(f"{where}.search: PBT draws its own population and mutations; expected 'random' "
+                          f"with scheduler: pbt, got {sweep.search!r}")
+    for key, domain in space.items():
+        if "grid" in domain and (sweep.search != "random" or sweep.scheduler == "pbt"):
+            raise ConfigError(f"{where}.space.{key}: a grid needs search: random and a scheduler other than "
+                              f"pbt; use choice instead")
+    return dataclasses.replace(sweep, space=space)
+
+
+def check_pbt_space(sweep: SweepConfig, exp: ExperimentConfig, spec, where: str) -> None:
+    """PBT copies a strong trial's weights into a weak one and then changes its knobs: every knob must
+    leave the model's parameter shapes alone (learning rates, penalty weights, β do; widths do not)."""
+    import torch
+
+    from gm.models.base import build_model
+
+    def shapes(model_cfg) -> dict:
+        torch.manual_seed(0)
+        return {k: tuple(v.shape) for k, v in build_model(exp.family, model_cfg, spec).state_dict().items()}
+
+    base = shapes(exp.model)
+    for key, domain in sweep.space.items():
+        section, _, name = key.partition(".")
+        if section != "model":
+            continue
+        kind, args = next(iter(domain.items()))
+        values = list(args) if DOMAINS[kind] is None else [args[0], args[1] if kind != "randint" else args[1] - 1]
+        for v in values:
+            if shapes(dataclasses.replace(exp.model, **{name: v})) != base:
+                raise ConfigError(f"{where}.space.{key}: value {v!r} changes the model's parameter shapes, which "
+                                  f"PBT cannot carry across an exploit; tune it with scheduler asha or fifo")
 
 
 def to_tune_domain(domain: Mapping) -> Any:

@@ -110,8 +110,12 @@ def check_buildable(exp: ExperimentConfig, data_dir: Path) -> None:
         raise ConfigError(f"experiments.{exp.name}.model{'.' if field_first else ': '}{msg}") from None
 
 
-def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, callbacks=None):
-    """A TorchTrainer for one experiment: Ray Data shards, best+latest checkpoints, failure recovery."""
+def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, callbacks=None,
+                 init_checkpoint=None):
+    """A TorchTrainer for one experiment: Ray Data shards, best+latest checkpoints, failure recovery.
+
+    `init_checkpoint` (a ray.train.Checkpoint) starts the run from that state instead of from scratch:
+    Train V2 has no `resume_from_checkpoint`, so it travels in the loop config."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -123,7 +127,8 @@ def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
         train = train.materialize()  # read once here; workers only split blocks already in the object store
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": exp.to_dict(), "spec": spec.to_dict(), "data_dir": str(data_dir)},
+        train_loop_config={"experiment": exp.to_dict(), "spec": spec.to_dict(), "data_dir": str(data_dir),
+                           "init_checkpoint": init_checkpoint},
         torch_config=TorchConfig(backend="nccl" if exp.train.scaling.use_gpu else "gloo"),
         scaling_config=scaling_config(exp),
         datasets={"train": train},
@@ -194,13 +199,12 @@ def export_checkpoint(checkpoint, dest: Path) -> Path:
     return dest
 
 
-def export_selected(storage: str, name: str, dest: Path, select: str = "best") -> dict:
-    """Export the checkpoint `select` picks from the finished Train run `name` under `storage`; its metrics."""
-    from ray.train import Result
-
-    ckpt, metrics = select_checkpoint(Result.from_path(f"{storage.rstrip('/')}/{name}"), select)
+def export_selected(result, dest: Path, select: str = "best") -> dict:
+    """Export the checkpoint `select` picks from a finished run's Result (a Train run's, or a Tune
+    trial's); returns that checkpoint's metrics."""
+    ckpt, metrics = select_checkpoint(result, select)
     if ckpt is None:
-        raise FileNotFoundError(f"{storage}/{name}: no checkpoint with a validation score")
+        raise FileNotFoundError(f"{result.path}: no checkpoint with a validation score")
     export_checkpoint(ckpt, dest)
     return metrics
 

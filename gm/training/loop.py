@@ -245,7 +245,8 @@ def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, floa
 
 
 def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train worker function. `config`: {"experiment": ExperimentConfig.to_dict(), "spec": DataSpec dict}."""
+    """Ray Train worker function. `config`: {"experiment": ExperimentConfig.to_dict(), "spec": DataSpec dict,
+    "data_dir": prepared split folder, optionally "init_checkpoint": a ray.train.Checkpoint to start from}."""
     import ray.train
 
     entered = time.perf_counter()
@@ -272,7 +273,10 @@ def train_loop_per_worker(config: dict) -> dict:
 
     nodes = gather_nodes()
     start, best, resumed_from = 0, math.inf, None
-    checkpoint = ray.train.get_checkpoint()
+    # this run's own latest checkpoint after a worker failure; else the one the driver hands over
+    # (a Tune trial restarted by PBT's exploit or a restored sweep): weights, optimizer state, step,
+    # under this run's config (PBT's perturbed learning rates apply from the next step on)
+    checkpoint = ray.train.get_checkpoint() or config.get("init_checkpoint")
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             start, best = read_checkpoint(Path(d), model, stepper)

@@ -1,0 +1,238 @@
+"""Real Ray Tune sweeps on tiny data: export of the better trial, divergence, PBT's exploit, a killed
+driver restored, and the registry's champion rule with a real MLflow store."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gm.config import ConfigError, parse_params
+from gm.models.base import load_model
+from tests.conftest import REPO, env_for, tiny_params, write_params
+
+pytestmark = pytest.mark.integration
+
+
+def sweep_params(**sweep) -> dict:
+    return {**tiny_params(), "tune": {"sweeps": {"s": {"experiment": "vae-digits", **sweep}}}}
+
+
+def sweep_of(raw: dict):
+    params = parse_params(raw)
+    return params.sweeps["s"], params.experiments[params.sweeps["s"].experiment]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from gm.training.driver import init_ray
+
+    ray.shutdown()
+    init_ray(parse_params(tiny_params()).ray)
+    yield
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)  # init_ray pinned the state API to this cluster
+
+
+@pytest.fixture
+def sweep_root(prepared, tmp_path) -> Path:
+    """A repository root with the prepared tiny datasets, for pipelines.tune."""
+    root = tmp_path / "root"
+    (root / "artifacts").mkdir(parents=True)
+    (root / "artifacts" / "prepared").symlink_to(prepared / "artifacts" / "prepared")
+    return root
+
+
+def test_two_trials_run_and_the_better_one_is_exported(local_ray, prepared, tmp_path):
+    from gm.training.driver import export_selected
+    from tune.driver import run_sweep
+
+    sweep, exp = sweep_of(sweep_params(num_samples=1, scheduler="fifo",
+                                       space={"model.beta": {"grid": [0.25, 4.0]}}))
+    result = run_sweep(sweep, exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "tune-s")
+    trials = list(result.grid)
+    assert len(trials) == 2 and all(t.error is None for t in trials)
+    assert result.concurrency == 2  # two 1-CPU trials on 2 CPUs, drivers taking no CPU
+    scores = {t.config["model.beta"]: t.metrics_dataframe["val_score"].min() for t in trials}
+    assert result.best_score == pytest.approx(min(scores.values()))
+    assert result.best_overrides["model.beta"] == min(scores, key=scores.get)
+    # every Train report reached Tune with its checkpoint: the trial keeps its best and its latest
+    kept = {m["step"] for _, m in result.best.best_checkpoints}
+    assert 60 in kept and kept <= {30, 60}
+    metrics = export_selected(result.best, tmp_path / "best")
+    assert metrics["val_score"] == pytest.approx(result.best_score)
+    assert load_model(tmp_path / "best").config.beta == result.best_overrides["model.beta"]
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_is_never_registered(local_ray, sweep_root):
+    import mlflow
+
+    from pipelines.tune import tune_sweep
+
+    write_params(sweep_root, sweep_params(num_samples=1, scheduler="fifo",
+                                          space={"model.lr": {"grid": [1e-3, 1e12]}}))
+    best = tune_sweep("s", sweep_root)
+    assert best["overrides"]["model.lr"] == 1e-3
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([mlflow.get_experiment_by_name("gm-test").experiment_id])
+    trials = {r.data.params["config.model.lr"]: r for r in runs if r.info.run_name.startswith("trial/")}
+    bad, good = trials["1000000000000.0"], trials["0.001"]
+    assert bad.data.tags["gm.trial_status"] == "error"
+    assert bad.data.tags["gm.failure_reason"].startswith("diverged: step ")
+    assert good.data.tags["gm.trial_status"] == "ok" and "gm.failure_reason" not in good.data.tags
+    # the final checkpoint of every trial that reached one is an artifact of its run
+    arts = [a.path for a in client.list_artifacts(good.info.run_id, "final_checkpoint")]
+    assert "final_checkpoint/model" in arts
+    versions = client.search_model_versions("name='gm-vae-digits'")
+    assert [v.tags["gm.trial_id"] for v in versions] == [best["trial_id"]]  # the diverged trial is not there
+    assert float(versions[0].tags["gm.val_score"]) == pytest.approx(best["val_score"])
+
+
+def test_pbt_exploits_a_stronger_trials_checkpoint_and_perturbs_its_knobs(local_ray, prepared, tmp_path):
+    from tune.driver import run_sweep
+
+    # two members; at every report the weaker copies the stronger (quantile 0.5) and scales its lr
+    sweep, exp = sweep_of(sweep_params(num_samples=2, scheduler="pbt", perturbation_interval=1,
+                                       quantile_fraction=0.5, resample_probability=0.0,
+                                       space={"model.lr": {"loguniform": [1e-5, 1e-1]}}))
+    exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=120))
+    result = run_sweep(sweep, exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "tune-pbt")
+    trials = list(result.grid)
+    assert len(trials) == 2 and all(t.error is None for t in trials)
+    log = Path(result.grid.experiment_path) / "pbt_global.txt"
+    # each line: [target tag, clone tag, target iteration, clone iteration, clone config, new config]
+    exploits = [json.loads(line) for line in log.read_text().splitlines()]
+    assert exploits, "PBT recorded no exploit"
+    assert all(e[3] >= 1 for e in exploits)  # the clone had reported, so it had a checkpoint
+    assert any(e[4]["model.lr"] != e[5]["model.lr"] for e in exploits)  # explored: lr scaled by 0.8 or 1.2
+    assert all(1e-5 <= e[5]["model.lr"] <= 1e-1 for e in exploits)  # and kept inside the sweep's domain
+    resumed = []
+    for t in trials:
+        df = t.metrics_dataframe
+        steps = list(df["step"])
+        assert steps[0] == 30 and 30 not in steps[1:] and steps[-1] == 120  # never again from scratch
+        if "resumed_from_step" in df:
+            resumed += [int(s) for s in df["resumed_from_step"].dropna()]
+    # the exploited member's Train run started from the clone's checkpoint (weights, optimizer, step)
+    assert resumed and set(resumed) <= {30, 60, 90}
+
+
+def test_pbt_rejects_a_knob_that_changes_parameter_shapes(prepared):
+    from gm.data.io import data_spec
+    from tune.sweep import check_pbt_space
+
+    sweep, exp = sweep_of(sweep_params(scheduler="pbt", space={"model.hidden": {"choice": [16, 64]}}))
+    with pytest.raises(ConfigError, match=r"tune.sweeps.s.space.model.hidden: value 16 changes the model's "
+                                          r"parameter shapes"):
+        check_pbt_space(sweep, exp, data_spec(prepared / "artifacts/prepared/digits"), "tune.sweeps.s")
+    sweep, exp = sweep_of(sweep_params(scheduler="pbt", space={"model.beta": {"loguniform": [0.1, 4.0]}}))
+    check_pbt_space(sweep, exp, data_spec(prepared / "artifacts/prepared/digits"), "tune.sweeps.s")
+
+
+RESUMABLE = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from gm.config import parse_params
+    from gm.training.driver import init_ray
+    from tests.test_tune import resumable_params
+    from tune.driver import run_sweep
+
+    root = Path(sys.argv[1])
+    params = parse_params(resumable_params())
+    init_ray(params.ray)
+    sweep = params.sweeps["s"]
+    run_sweep(sweep, params.experiments[sweep.experiment], root / "artifacts/prepared/digits",
+              sys.argv[2], "tune-s")
+""")
+
+
+def resumable_params() -> dict:
+    """Two Optuna trials one after the other, the second slow enough to kill the driver during it."""
+    raw = sweep_params(num_samples=2, scheduler="fifo", search="optuna", max_concurrent_trials=1,
+                       space={"model.beta": {"loguniform": [0.1, 4.0]}})
+    raw["experiments"]["vae-digits"]["train"] = {"steps": 240, "eval_every": 30}
+    return raw
+
+
+def finished_trials(path: Path) -> int:
+    states = sorted(path.glob("experiment_state-*.json"))
+    if not states:
+        return 0
+    try:
+        state = json.loads(states[-1].read_text())
+    except (json.JSONDecodeError, OSError):
+        return 0
+    return sum("TERMINATED" in json.dumps(t) for t in state.get("trial_data", []))
+
+
+def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local_ray, prepared, tmp_path):
+    from tune.driver import run_sweep
+
+    storage = tmp_path / "ray"
+    proc = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(prepared), str(storage)], cwd=REPO,
+                            env={**env_for(prepared), "PYTHONPATH": str(REPO)}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while finished_trials(storage / "tune-s") < 1:
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            assert time.monotonic() < deadline, "the first trial never finished"
+            time.sleep(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        proc.wait()
+    first = {p.name for p in (storage / "tune-s").iterdir() if p.is_dir()}
+    params = parse_params(resumable_params())
+    sweep = params.sweeps["s"]
+    result = run_sweep(sweep, params.experiments["vae-digits"], prepared / "artifacts/prepared/digits",
+                       str(storage), "tune-s", resume=True)
+    trials = list(result.grid)
+    assert len(trials) == 2 and all(t.error is None for t in trials)
+    assert first <= {Path(t.path).name for t in trials}  # the trials of the killed run, and no third one
+    for t in trials:  # every step reported once: the finished trial was not rerun
+        steps = list(t.metrics_dataframe["step"])
+        assert steps == sorted(set(steps)) and steps[-1] == 240
+    betas = [t.config["model.beta"] for t in trials]
+    assert len(set(betas)) == 2 and all(0.1 <= b <= 4.0 for b in betas)
+    assert math.isfinite(result.best_score)
+
+
+def test_the_champion_moves_only_for_a_better_finite_score(tmp_path):
+    import mlflow
+
+    from gm import tracking
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("gm-x")
+
+    def version(score: float) -> int:
+        v = int(client.create_model_version("gm-x", str(tmp_path)).version)
+        client.set_model_version_tag("gm-x", str(v), "gm.val_score", repr(score))
+        return v
+
+    def champ() -> int:
+        return int(client.get_model_version_by_alias("gm-x", "champion").version)
+
+    v_nan = version(math.nan)
+    assert not tracking.promote_if_better("gm-x", v_nan, math.nan)
+    assert tracking.champion("gm-x") is None  # not even the first model, when it diverged
+    v1 = version(1.0)
+    assert tracking.promote_if_better("gm-x", v1, 1.0) and champ() == v1
+    v2 = version(2.0)
+    assert not tracking.promote_if_better("gm-x", v2, 2.0) and champ() == v1
+    assert client.get_model_version("gm-x", str(v2)).tags["gm.champion_decision"].startswith(f"kept v{v1}")
+    v3 = version(0.5)
+    assert tracking.promote_if_better("gm-x", v3, 0.5) and champ() == v3
+    assert client.get_model_version("gm-x", str(v3)).tags["gm.champion_decision"].startswith("promoted: 0.5 < 1")
