@@ -102,6 +102,21 @@ def prepared(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """An embedded 2-CPU Ray for the tests of one module."""
+    import ray
+
+    from gm.config import parse_params
+    from gm.training.driver import init_ray
+
+    ray.shutdown()
+    init_ray(parse_params(tiny_params()).ray)
+    yield
+    ray.shutdown()
+    os.environ.pop("RAY_ADDRESS", None)  # init_ray pinned the state API to this cluster
+
+
 def train_single_group(model, x, steps: int, check=None) -> list[float]:
     """`steps` optimizer steps of a one-group model on the fixed batch x; returns the losses.
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 import pytest
 
 from gm.config import parse_params
 from gm.models.base import load_model
-from gm.training.driver import export_checkpoint, fit, init_ray, select_checkpoint
+from gm.training.driver import export_checkpoint, fit, select_checkpoint
 from gm.training.validate import validation_scores
 from tests.conftest import tiny_params
 
@@ -27,17 +26,6 @@ def experiment(name: str, model: dict | None = None, **train):
     if scaling:
         t = dataclasses.replace(t, scaling=dataclasses.replace(t.scaling, **scaling))
     return dataclasses.replace(exp, train=t)
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.shutdown()
-    init_ray(parse_params(tiny_params()).ray)
-    yield
-    ray.shutdown()
-    os.environ.pop("RAY_ADDRESS", None)  # init_ray pinned the state API to this cluster
 
 
 def test_two_workers_recover_from_a_failure_and_export_the_best_checkpoint(local_ray, prepared, tmp_path):

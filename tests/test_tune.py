@@ -32,19 +32,6 @@ def sweep_of(raw: dict):
     return params.sweeps["s"], params.experiments[params.sweeps["s"].experiment]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from gm.training.driver import init_ray
-
-    ray.shutdown()
-    init_ray(parse_params(tiny_params()).ray)
-    yield
-    ray.shutdown()
-    os.environ.pop("RAY_ADDRESS", None)  # init_ray pinned the state API to this cluster
-
-
 @pytest.fixture
 def sweep_root(prepared, tmp_path) -> Path:
     """A repository root with the prepared tiny datasets, for pipelines.tune."""
