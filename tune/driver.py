@@ -18,7 +18,7 @@ from ray.train import UserCallback
 from gm.config import ExperimentConfig
 from gm.training.driver import clear_run, make_trainer, select_checkpoint
 from gm.training.loop import experiment_from_dict
-from tune.sweep import DOMAINS, SweepConfig, apply_overrides, to_tune_domain
+from tune.sweep import DOMAINS, SweepConfig, apply_overrides, extreme_values, to_tune_domain
 
 METRIC, MODE = "val_score", "min"
 
@@ -166,7 +166,7 @@ class ClampToSpace:
     """PBT's explore scales a continuous knob by 0.8 or 1.2: keep it inside the sweep's domain."""
 
     def __init__(self, space: dict):
-        self.bounds = {k: (args[0], args[1] - (kind == "randint"))
+        self.bounds = {k: tuple(extreme_values(kind, args))
                        for k, d in space.items() for kind, args in d.items() if DOMAINS[kind]}
 
     def __call__(self, config: dict) -> dict:
@@ -253,9 +253,9 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
     if not ok:
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]
         raise RuntimeError(f"sweep {name}: no trial finished with a finite {METRIC} ({errors or 'no results'})")
-    best = min(ok, key=lambda r: trial_score(r, exp.train.select))
-    return SweepResult(grid=grid, best=best, best_overrides=dict(best.config),
-                       best_score=trial_score(best, exp.train.select), best_trial_id=_trial_id(best), concurrency=n)
+    score, best = min(((trial_score(r, exp.train.select), r) for r in ok), key=lambda sr: sr[0])
+    return SweepResult(grid=grid, best=best, best_overrides=dict(best.config), best_score=score,
+                       best_trial_id=_trial_id(best), concurrency=n)
 
 
 def trial_score(result, select: str = "best") -> float:

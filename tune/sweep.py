@@ -33,6 +33,14 @@ class SweepConfig:
     space: dict | None = None  # dotted key -> domain; None: the family's default space (tune/spaces.py)
 
 
+def extreme_values(kind: str, args) -> list:
+    """Every value of a list domain (choice, grid); the lowest and highest of a range (randint's
+    upper bound is exclusive)."""
+    if DOMAINS[kind] is None:
+        return list(args)
+    return [args[0], args[1] - 1 if kind == "randint" else args[1]]
+
+
 def _field_of(exp: ExperimentConfig, key: str, where: str):
     section, _, name = key.partition(".")
     target = {"model": exp.model, "train": exp.train}.get(section)
@@ -59,8 +67,7 @@ def check_space(space: Mapping, exp: ExperimentConfig, where: str) -> dict:
             raise ConfigError(f"{at}.{kind}: expected low < high, got {args!r}")
         if kind == "loguniform" and args[0] <= 0:
             raise ConfigError(f"{at}.loguniform: expected positive bounds, got {args!r}")
-        values = list(args) if arity is None else [args[0], args[1] if kind != "randint" else args[1] - 1]
-        for v in values:  # each value must build a valid config
+        for v in extreme_values(kind, args):  # each value must build a valid config
             try:
                 built = build(type(target), {**dataclasses.asdict(target), f.name: v}, at)
             except ConfigError as e:
@@ -120,9 +127,7 @@ def check_pbt_space(sweep: SweepConfig, exp: ExperimentConfig, spec, where: str)
         section, _, name = key.partition(".")
         if section != "model":
             continue
-        kind, args = next(iter(domain.items()))
-        values = list(args) if DOMAINS[kind] is None else [args[0], args[1] if kind != "randint" else args[1] - 1]
-        for v in values:
+        for v in extreme_values(*next(iter(domain.items()))):
             if shapes(dataclasses.replace(exp.model, **{name: v})) != base:
                 raise ConfigError(f"{where}.space.{key}: value {v!r} changes the model's parameter shapes, which "
                                   f"PBT cannot carry across an exploit; tune it with scheduler asha or fifo")
