@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray.train import UserCallback
+from ray.train import Checkpoint, UserCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from gm.config import ExperimentConfig
 from gm.training.driver import clear_run, make_trainer, select_checkpoint
@@ -82,6 +83,18 @@ class ForwardToTrial(UserCallback):
         ray.get(self.mailbox.wait_ack.remote(ACK_TIMEOUT_S))
 
 
+def finished_checkpoint_metrics(checkpoint, steps: int) -> dict | None:
+    """The metrics stored with `checkpoint` when it is already at the run's last step, else None.
+
+    PBT may hand a member the checkpoint of a stronger member that has just reported its final step;
+    there is nothing left to train, and the restarted trial reports that checkpoint as its own."""
+    import json
+
+    with checkpoint.as_directory() as d:
+        metrics = json.loads((Path(d) / "metrics.json").read_text())
+    return metrics if int(metrics.get("step", 0)) >= steps else None
+
+
 def make_trial_fn(exp: ExperimentConfig, data_dir: Path, storage: str):
     """The function each Tune trial runs: a whole Ray Train run with the trial's overrides.
 
@@ -101,6 +114,11 @@ def make_trial_fn(exp: ExperimentConfig, data_dir: Path, storage: str):
         trial_exp = experiment_from_dict(apply_overrides(base, config))
         name = trial_run_name(tune.get_context().get_trial_id())
         start = tune.get_checkpoint()
+        done = start and finished_checkpoint_metrics(start, trial_exp.train.steps)
+        if done:
+            with start.as_directory() as d:
+                tune.report({**done, "resumed_from_step": done["step"]}, checkpoint=Checkpoint.from_directory(d))
+            return
         clear_run(storage, name)  # never Train's own resume of an earlier segment of this trial
         mailbox = ray.remote(num_cpus=0, max_concurrency=4)(Mailbox).remote()
         trainer = make_trainer(trial_exp, Path(data_dir), storage, name,
@@ -206,6 +224,27 @@ def make_searcher(sweep: SweepConfig, concurrent: int):
     return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=concurrent)
 
 
+class _KeepLocalLog:
+    """Tune's result loggers copy a trial's log back from storage whenever the trial restarts from a
+    checkpoint (Ray 2.60, `LoggerCallback._restore_from_remote`). Storage is synced from the driver's
+    staging folder only every few minutes, so a restart within a running sweep (PBT's exploit, a retry)
+    overwrote the complete local log with a stale copy and lost the trial's earlier results. These
+    loggers fetch the stored copy only when there is no local one: a restored (killed) sweep."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        local = Path(trial.local_path, file_name)
+        if not (local.exists() and local.stat().st_size > 0):
+            super()._restore_from_remote(file_name, trial)
+
+
+class TrialJsonLog(_KeepLocalLog, JsonLoggerCallback):
+    """result.json, from which a trial's metrics_dataframe is read."""
+
+
+class TrialCsvLog(_KeepLocalLog, CSVLoggerCallback):
+    """progress.csv."""
+
+
 def trial_checkpoints(sweep: SweepConfig, exp: ExperimentConfig):
     """Checkpoints each trial keeps in Tune: the best by validation score (as Train keeps) and the latest.
 
@@ -246,7 +285,8 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
                 search_alg=make_searcher(sweep, n),
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, stop=stopper,
-                                      checkpoint_config=trial_checkpoints(sweep, exp)),
+                                      checkpoint_config=trial_checkpoints(sweep, exp),
+                                      callbacks=[TrialJsonLog(), TrialCsvLog()]),
         )
     grid = tuner.fit()
     ok = [r for r in grid if r.error is None and r.metrics and math.isfinite(r.metrics.get(METRIC, math.inf))]
