@@ -33,7 +33,7 @@ run: data
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" tests

@@ -191,7 +191,7 @@ def bench_tune(root: Path, sweep_name: str, trials: int, asha_samples: int, repe
                                         num_samples=trials if method == "random" else asha_samples)
             t0 = time.perf_counter()
             res = run_sweep(sweep, exp, data_dir, storage, f"bench-tune-{sweep_name}-{method}",
-                            stopper=StepBudget(budget) if method == "asha" else None)
+                            resume=False, stopper=StepBudget(budget) if method == "asha" else None)
             wall = time.perf_counter() - t0
             c = sweep_compute(res.grid)
             found[method].append(res.best_score)

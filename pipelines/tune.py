@@ -1,6 +1,8 @@
 """DVC stage `tune@<sweep>`: Ray Tune sweep -> best config and model, nested MLflow runs, registry.
 
-Usage: python -m pipelines.tune <sweep> [--resume]   (from the repository root)
+Usage: python -m pipelines.tune <sweep> [--resume | --fresh]   (from the repository root)
+An interrupted sweep of the same definition continues where it stopped (so does a killed `dvc repro`);
+--resume continues the stored sweep whatever its definition, --fresh starts afresh.
 Writes artifacts/tune/<sweep>/{best.json, trials.parquet, model/}.
 """
 
@@ -74,7 +76,7 @@ def log_trial(row: dict, result, tags: dict, parent_id: str) -> None:
                 mlflow.log_artifacts(d, "final_checkpoint")
 
 
-def tune_sweep(name: str, root: Path, resume: bool = False) -> dict:
+def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
     params = stage.params(root)
     if name not in params.sweeps:
         raise stage.StageError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(params.sweeps)}")
@@ -121,7 +123,11 @@ def tune_sweep(name: str, root: Path, resume: bool = False) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("sweep")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", dest="resume", action="store_const", const=True, default=None,
+                     help="continue the stored sweep (Tuner.restore) even if its definition changed")
+    how.add_argument("--fresh", dest="resume", action="store_const", const=False,
+                     help="start afresh even if an interrupted sweep of the same definition is stored")
     args = p.parse_args(argv)
     b = tune_sweep(args.sweep, stage.root(), resume=args.resume)
     print(f"tuned {args.sweep}: best {b['val_metric']} {b['val_score']:.4f} with {b['overrides']} "

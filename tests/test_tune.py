@@ -200,7 +200,7 @@ def finished_trials(path: Path) -> int:
 
 
 def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local_ray, prepared, tmp_path):
-    from tune.driver import run_sweep
+    from tune.driver import read_sweep_record, run_sweep
 
     storage = tmp_path / "ray"
     proc = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(prepared), str(storage)], cwd=REPO,
@@ -218,8 +218,9 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local
     first = {p.name for p in (storage / "tune-s").iterdir() if p.is_dir()}
     params = parse_params(resumable_params())
     sweep = params.sweeps["s"]
+    # the same sweep run again (as a second `dvc repro` would) continues the interrupted one
     result = run_sweep(sweep, params.experiments["vae-digits"], prepared / "artifacts/prepared/digits",
-                       str(storage), "tune-s", resume=True)
+                       str(storage), "tune-s")
     trials = list(result.grid)
     assert len(trials) == 2 and all(t.error is None for t in trials)
     assert first <= {Path(t.path).name for t in trials}  # the trials of the killed run, and no third one
@@ -229,6 +230,27 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local
     betas = [t.config["model.beta"] for t in trials]
     assert len(set(betas)) == 2 and all(0.1 <= b <= 4.0 for b in betas)
     assert math.isfinite(result.best_score)
+    assert read_sweep_record(str(storage / "tune-s"))["finished"] is True
+
+
+def test_only_an_interrupted_sweep_of_the_same_definition_is_resumed(tmp_path):
+    from tune.driver import read_sweep_record, should_resume, sweep_fingerprint, write_sweep_record
+
+    path = str(tmp_path / "tune-s")
+    sweep, exp = sweep_of(sweep_params(num_samples=2))
+    same = sweep_fingerprint(sweep, exp, tmp_path)
+    other = sweep_fingerprint(dataclasses.replace(sweep, num_samples=3), exp, tmp_path)
+    assert not should_resume(path, same, None)  # nothing stored
+    write_sweep_record(path, {"fingerprint": same, "finished": False})
+    assert not should_resume(path, same, None)  # no Tune state to restore
+    (tmp_path / "tune-s" / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    assert should_resume(path, same, None)
+    assert not should_resume(path, other, None) and should_resume(path, other, True)  # --resume forces it
+    assert not should_resume(path, same, False)  # --fresh
+    write_sweep_record(path, {"fingerprint": same, "finished": True})
+    assert read_sweep_record(path)["finished"] is True and not should_resume(path, same, None)
+    (tmp_path / "tune-s" / "gm_sweep.json").write_text("{not json")
+    assert read_sweep_record(path) is None and not should_resume(path, same, None)
 
 
 def test_the_champion_moves_only_for_a_better_finite_score(tmp_path):

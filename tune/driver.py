@@ -17,7 +17,7 @@ from ray.train import Checkpoint, UserCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from gm.config import ExperimentConfig
-from gm.training.driver import clear_run, make_trainer, select_checkpoint
+from gm.training.driver import clear_run, make_trainer, select_checkpoint, storage_fs
 from gm.training.loop import experiment_from_dict
 from tune.sweep import DOMAINS, SweepConfig, apply_overrides, extreme_values, to_tune_domain
 
@@ -259,11 +259,56 @@ def trial_checkpoints(sweep: SweepConfig, exp: ExperimentConfig):
                                  checkpoint_score_order=MODE)
 
 
-def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
-              resume: bool = False, stopper=None) -> SweepResult:
-    """Run (or, with `resume`, continue) a sweep; returns the grid and its best trial.
+SWEEP_FILE = "gm_sweep.json"  # in the experiment folder: what the sweep ran, and whether it finished
 
-    `stopper` (a ray.tune.Stopper) may end trials or the whole sweep early (e.g. a compute budget)."""
+
+def read_sweep_record(path: str) -> dict | None:
+    """The record run_sweep keeps beside Tune's experiment state, or None (none, or unreadable)."""
+    import json
+
+    fs, root = storage_fs(path)
+    try:
+        with fs.open_input_stream(f"{root}/{SWEEP_FILE}") as f:
+            return json.loads(f.readall().decode())
+    except (OSError, ValueError):
+        return None
+
+
+def write_sweep_record(path: str, record: dict) -> None:
+    import json
+
+    fs, root = storage_fs(path)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{SWEEP_FILE}") as f:
+        f.write(json.dumps(record, indent=2, sort_keys=True).encode())
+
+
+def sweep_fingerprint(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path) -> dict:
+    from gm.config import to_dict
+
+    return {"sweep": to_dict(sweep), "experiment": exp.to_dict(), "data_dir": str(Path(data_dir).resolve())}
+
+
+def should_resume(path: str, fingerprint: dict, resume: bool | None) -> bool:
+    """`resume` None (the default) continues an interrupted sweep of the same definition: a killed
+    `dvc repro` resumes where it stopped; a finished sweep, or one of another definition, starts afresh."""
+    from ray import tune
+
+    if resume is False or not tune.Tuner.can_restore(path):
+        return False
+    if resume:
+        return True
+    record = read_sweep_record(path)
+    return bool(record) and not record.get("finished") and record.get("fingerprint") == fingerprint
+
+
+def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
+              resume: bool | None = None, stopper=None) -> SweepResult:
+    """Run (or continue) a sweep; returns the grid and its best trial.
+
+    `resume`: True continues the sweep stored under `name`, False starts afresh, None continues it only
+    if it was interrupted and has the same definition. `stopper` (a ray.tune.Stopper) may end trials or
+    the whole sweep early (e.g. a compute budget)."""
     from ray import tune
 
     # The trial function only drives a TorchTrainer: it holds no CPU by default, so the CPUs go to
@@ -272,11 +317,13 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
                                    {"cpu": sweep.trial_driver_cpus, "memory": 64 * 2**20})
     path = f"{storage.rstrip('/')}/{name}"
     n = concurrency(sweep, exp)
-    if resume and tune.Tuner.can_restore(path):
+    fingerprint = sweep_fingerprint(sweep, exp, data_dir)
+    if should_resume(path, fingerprint, resume):
         # finished trials stay as they are; unfinished ones restart from their latest checkpoint
         tuner = tune.Tuner.restore(path, trainable=trial_fn, resume_unfinished=True, restart_errored=False)
     else:
         clear_run(storage, name)
+        write_sweep_record(path, {"fingerprint": fingerprint, "finished": False})
         tuner = tune.Tuner(
             trial_fn,
             param_space={k: to_tune_domain(d) for k, d in sweep.space.items()},
@@ -289,6 +336,7 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
                                       callbacks=[TrialJsonLog(), TrialCsvLog()]),
         )
     grid = tuner.fit()
+    write_sweep_record(path, {"fingerprint": fingerprint, "finished": True})
     ok = [r for r in grid if r.error is None and r.metrics and math.isfinite(r.metrics.get(METRIC, math.inf))]
     if not ok:
         errors = "; ".join(str(r.error).splitlines()[0] for r in grid if r.error is not None)[:500]

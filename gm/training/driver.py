@@ -224,11 +224,18 @@ def outcome_from_result(result, wall_seconds: float, select: str = "best") -> Tr
     )
 
 
+def storage_fs(path: str):
+    """(pyarrow filesystem, path inside it) for a storage path: a local folder or a URI (s3://, gs://...)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).resolve().as_uri())
+
+
 def clear_run(storage: str, name: str) -> None:
     """Remove a previous run of the same name: Ray Train V2 would otherwise resume it."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else Path(storage).as_uri())
+    fs, root = storage_fs(storage)
     target = f"{root.rstrip('/')}/{name}"
     if fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
         fs.delete_dir(target)
