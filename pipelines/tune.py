@@ -21,7 +21,7 @@ from gm.files import write_json
 from gm.models.base import load_model
 from gm.training.driver import check_buildable, export_selected, init_ray, storage_path
 from gm.training.validate import validation_metric
-from tune.driver import METRIC, run_sweep
+from tune.driver import METRIC, run_sweep, trial_id
 from tune.sweep import apply_overrides, check_pbt_space
 
 
@@ -34,7 +34,7 @@ def trial_rows(grid) -> list[dict]:
         knobs = [c for c in (df.columns if df is not None else ()) if c.startswith("config/")
                  and pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
         rows.append({
-            "trial_id": str(r.metrics.get("trial_id", Path(r.path).name)) if r.metrics else Path(r.path).name,
+            "trial_id": trial_id(r),
             **{f"config.{k}": v for k, v in (r.config or {}).items()},
             "best_val_score": float(scores.min()) if len(scores) else math.inf,
             "last_step": int(df["step"].max()) if df is not None and "step" in df else 0,

@@ -343,7 +343,7 @@ def run_sweep(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path, storage
         raise RuntimeError(f"sweep {name}: no trial finished with a finite {METRIC} ({errors or 'no results'})")
     score, best = min(((trial_score(r, exp.train.select), r) for r in ok), key=lambda sr: sr[0])
     return SweepResult(grid=grid, best=best, best_overrides=dict(best.config), best_score=score,
-                       best_trial_id=_trial_id(best), concurrency=n)
+                       best_trial_id=trial_id(best), concurrency=n)
 
 
 def trial_score(result, select: str = "best") -> float:
@@ -352,5 +352,6 @@ def trial_score(result, select: str = "best") -> float:
     return float(select_checkpoint(result, select)[1].get(METRIC, math.inf))
 
 
-def _trial_id(result) -> str:
-    return str(result.metrics.get("trial_id") or Path(result.path).name)
+def trial_id(result) -> str:
+    """A trial's id from its Result (its last report carries it; else its folder's name)."""
+    return str((result.metrics or {}).get("trial_id") or Path(result.path).name)
