@@ -6,7 +6,7 @@ is. One hyperparameter each is chosen on the validation split's bits/dim; nothin
 refitted on train + val, so the test split is scored exactly as a deep model's would be.
 
     baseline = fit_baseline("gmm", train_x, val_x, spec, seed=0)
-    test_bpd = -baseline.log_prob(test_x, seed=0).mean() / (spec.dim * math.log(2))
+    test_bpd = bits_per_dim(-baseline.log_prob(test_x, seed=0).mean(), spec.dim)  # gm.core.numerics
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import torch
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
-from gm.data.spec import DataSpec
-from gm.registry import Registry
+from gm.data.dataspec import DataSpec
+from gm.core.registry import Registry
+from gm.core.numerics import bits_per_dim
 
 BASELINES = Registry("baseline")
 
@@ -71,7 +72,7 @@ class Baseline:
         """Per-row log density (n,) in nats, data space, of x (n, *spec.shape).
 
         Discrete data is dequantized first with np.random.default_rng(seed) uniform noise,
-        as gm.training.validate.data_log_prob does for models.
+        as gm.inference.data_log_prob does for models.
         """
         rows = _rows(x, self.spec)
         if self.spec.levels:
@@ -142,7 +143,7 @@ BASELINES.register("kde")(BaselineKind(param="bandwidth", default_grid=_scott_ba
 
 
 def _bits_per_dim(log_prob: np.ndarray, spec: DataSpec) -> float:
-    bpd = float(-np.mean(log_prob) / (spec.dim * math.log(2)))
+    bpd = float(bits_per_dim(-np.mean(log_prob), spec.dim))
     return bpd if math.isfinite(bpd) else math.inf
 
 

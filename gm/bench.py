@@ -33,15 +33,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from ray.tune import Stopper
 
 from gm import stage
 from gm.data.io import data_spec, read_split
 from gm.models.base import build_model
-from gm.training.driver import fit, init_ray
+from gm.training.driver import fit
+from gm.training.cluster import init_ray
 from gm.training.loop import BatchStream, Stepper, run_steps
+from tune.driver import run_sweep
+from gm.inference import sample_data
+from gm.training.cluster import storage_path
+from gm.params import load_params
+from gm.evaluation import evaluate, load_feature_space, load_sampler
+from gm.data.io import to_table
 
 
 def stage_times(root: Path) -> list[dict]:
@@ -54,8 +60,6 @@ class _ArrayShard:
 
     def __init__(self, x, y):
         import pyarrow as pa
-
-        from gm.data.io import to_table
 
         self.table: pa.Table = to_table(x, y)
 
@@ -93,8 +97,6 @@ def peak_rss_mb() -> float:
 
 
 def bench_eval(root: Path, name: str, n: int) -> None:
-    from gm.evaluation import evaluate, load_feature_space, load_sampler
-
     params = stage.params(root)
     exp = params.experiment(name)
     model_dir = sorted((root / "artifacts" / "train" / name / "models").glob("seed-*"))
@@ -119,9 +121,6 @@ def bench_eval(root: Path, name: str, n: int) -> None:
 
 
 def bench_sampling(root: Path, params_path: Path, dataset: str, n: int) -> None:
-    from gm.config import load_params
-    from gm.training.validate import sample_data
-
     params = load_params(params_path)
     spec = data_spec(stage.prepared_dir(dataset, root))
     threads = torch.get_num_threads()
@@ -169,9 +168,6 @@ def sweep_compute(grid) -> dict:
 
 
 def bench_tune(root: Path, sweep_name: str, trials: int, asha_samples: int, repeats: int) -> None:
-    from gm.training.driver import storage_path
-    from tune.driver import run_sweep
-
     params = stage.params(root)
     base = params.sweeps[sweep_name]
     exp = params.experiment(base.experiment)

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 from gm import stage
+from gm.data.bootstrap import materialise_default_data
+from gm import tracking
 
 
 def cmd_data_init(args) -> None:
-    from gm.data.bootstrap import materialise_default_data
-
     root = Path(args.root).resolve()
     written = materialise_default_data(root)
     print("data/: " + (", ".join(str(p) for p in written) + " written" if written else "already present"))
@@ -50,8 +50,6 @@ def cmd_check(args) -> None:
 def cmd_sample(args) -> None:
     import mlflow
     import numpy as np
-
-    from gm import tracking
 
     tracking.setup(stage.params(Path(args.root)).mlflow, Path(args.root))
     model = mlflow.pyfunc.load_model(args.model_uri)

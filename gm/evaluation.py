@@ -26,22 +26,29 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.data.io import read_meta, read_split
-from gm.data.spec import DataSpec
+from gm.data.dataspec import DataSpec
 from gm.models.base import GenerativeModel, load_model
-from gm.training.validate import data_log_prob, sample_data
+from gm.inference import data_log_prob, sample_data
+from gm.metrics.toy import toy_report
+from gm.metrics.prdc import prdc
+from gm.metrics.likelihood import bits_per_dim
+from gm.metrics.images import class_metrics, fd, kid
+from gm.featurizer import predict
+from gm.featurizer import load_featurizer
+from gm.featurizer import features
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    n_samples: int = spec(2500, gt=0)  # PacGAN's protocol draws 2,500 samples
+    n_samples: int = bounded(2500, gt=0)  # PacGAN's protocol draws 2,500 samples
     seed: int = 0
-    iwae_k: int = spec(256, gt=0)  # importance samples for the bound of latent-variable families
-    plot_samples: int = spec(2500, gt=0)
-    kid_subsets: int = spec(100, gt=0)  # KID blocks (StyleGAN2-ADA's protocol)
-    kid_subset_size: int = spec(1000, gt=0)
-    baseline_seeds: int = spec(3, gt=0)  # the sklearn baselines are refitted with this many seeds
+    iwae_k: int = bounded(256, gt=0)  # importance samples for the bound of latent-variable families
+    plot_samples: int = bounded(2500, gt=0)
+    kid_subsets: int = bounded(100, gt=0)  # KID blocks (StyleGAN2-ADA's protocol)
+    kid_subset_size: int = bounded(1000, gt=0)
+    baseline_seeds: int = bounded(3, gt=0)  # the sklearn baselines are refitted with this many seeds
 
 
 class Evaluable(Protocol):
@@ -131,14 +138,12 @@ class FeatureSpace:
     def features(self, x: np.ndarray) -> np.ndarray:
         if self.net is None:
             return x.reshape(len(x), -1).astype(np.float64)
-        from gm.featurizer import features
 
         return features(self.net, x)
 
     def predict(self, x: np.ndarray) -> np.ndarray | None:
         if self.net is None:
             return None
-        from gm.featurizer import predict
 
         return predict(self.net, x)
 
@@ -153,7 +158,6 @@ def load_feature_space(directory: Path) -> FeatureSpace:
         raise FileNotFoundError(f"{marker}: missing; run the featurize stage (dvc repro featurize@{Path(directory).name})")
     if json.loads(marker.read_text()).get("space") == PIXELS:
         return FeatureSpace(hash=PIXELS)
-    from gm.featurizer import load_featurizer
 
     net, digest = load_featurizer(Path(directory) / "model")
     return FeatureSpace(hash=digest, net=net)
@@ -178,8 +182,6 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
     metrics["finite_samples"] = float(finite)
 
     if finite and ev.spec.kind == "toy":
-        from gm.metrics.toy import toy_report
-
         metrics.update(toy_report(samples, test_x, meta.get("modes"), seed=seed))
     elif finite:
         metrics.update(image_metrics(samples, test_x, space or FeatureSpace(PIXELS), params, seed,
@@ -190,8 +192,6 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
         metrics.update(extra(test_x, seed))
 
     if ev.likelihood is not None:
-        from gm.metrics.likelihood import bits_per_dim
-
         t0 = time.perf_counter()
         lp = ev.log_prob(test_x, seed)
         metrics["log_prob_seconds"] = time.perf_counter() - t0
@@ -204,9 +204,6 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
 def image_metrics(samples: np.ndarray, test_x: np.ndarray, space: FeatureSpace, params: EvaluateParams,
                   seed: int, num_classes: int | None) -> dict:
     """FD, KID, precision/recall/density/coverage in feature space; classes under its classifier."""
-    from gm.metrics.images import class_metrics, fd, kid
-    from gm.metrics.prdc import prdc
-
     t0 = time.perf_counter()
     fake, real = space.features(samples), space.features(test_x)
     out = {"feature_seconds": time.perf_counter() - t0}

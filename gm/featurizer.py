@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gm.config import ConfigError, build, spec, to_dict
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build, bounded, to_dict
+from gm.data.dataspec import DataSpec
+from gm.core.files import atomic_write
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -41,16 +41,16 @@ FORMAT = 1  # bump when the architecture or the hash changes meaning
 
 @dataclass(frozen=True)
 class FeaturizerConfig:
-    channels: tuple[int, ...] = spec((32, 64), gt=0)  # one stride-2 stage each: 8x8 -> 4 -> 2, 28x28 -> 14 -> 7
-    feature_dim: int = spec(128, gt=0)  # width of the feature layer (the metrics' space)
-    epochs: int = spec(30, gt=0)  # digits has ~1.3k training images: epochs are cheap
-    batch_size: int = spec(64, gt=0)
-    lr: float = spec(1e-3, gt=0)  # Adam's default
-    weight_decay: float = spec(1e-4, ge=0)  # L2 in Adam: small data overfits
-    dropout: float = spec(0.2, ge=0, lt=1)  # before the classifier only; features are taken before it
-    augment_shift: int = spec(1, ge=0)  # random translation by up to this many pixels (0: none); small images overfit fast
+    channels: tuple[int, ...] = bounded((32, 64), gt=0)  # one stride-2 stage each: 8x8 -> 4 -> 2, 28x28 -> 14 -> 7
+    feature_dim: int = bounded(128, gt=0)  # width of the feature layer (the metrics' space)
+    epochs: int = bounded(30, gt=0)  # digits has ~1.3k training images: epochs are cheap
+    batch_size: int = bounded(64, gt=0)
+    lr: float = bounded(1e-3, gt=0)  # Adam's default
+    weight_decay: float = bounded(1e-4, ge=0)  # L2 in Adam: small data overfits
+    dropout: float = bounded(0.2, ge=0, lt=1)  # before the classifier only; features are taken before it
+    augment_shift: int = bounded(1, ge=0)  # random translation by up to this many pixels (0: none); small images overfit fast
     seed: int = 0  # initialisation, shuffling, augmentation and dropout: the hash is a function of it
-    threads: int = spec(1, gt=0)  # torch threads while training: reductions split differently per thread count
+    threads: int = bounded(1, gt=0)  # torch threads while training: reductions split differently per thread count
 
     def validate(self):
         if not self.channels:
@@ -279,12 +279,6 @@ def featurizer_hash(net: FeatureNet) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _rerun(directory: Path) -> str:
     directory = Path(directory)
     dataset = directory.parent.name if directory.name == "model" else directory.name
@@ -302,12 +296,12 @@ def save_featurizer(net: FeatureNet, directory: str | Path, extra: dict) -> str:
     (directory / ID_FILE).unlink(missing_ok=True)
     digest = featurizer_hash(net)
     text = json.dumps(net.config_dict(), sort_keys=True, indent=2) + "\n"
-    _write_atomic(directory / CONFIG_FILE, lambda p: p.write_text(text))
+    atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(text))
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    _write_atomic(directory / WEIGHTS_FILE, lambda p: torch.save(state, p))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: torch.save(state, p))
     ident = json.dumps({**extra, "hash": digest, "short_hash": digest[:16]}, sort_keys=True, indent=2,
                        default=float) + "\n"
-    _write_atomic(directory / ID_FILE, lambda p: p.write_text(ident))
+    atomic_write(directory / ID_FILE, lambda p: p.write_text(ident))
     return digest
 
 

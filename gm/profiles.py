@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from gm import stage
-from gm.config import load_params
+from gm.params import load_params
 
 
 def tracked_files(root: Path) -> list[str]:

@@ -12,7 +12,8 @@ import json
 import math
 from pathlib import Path
 
-from gm.files import write_json
+from gm.core.files import write_json
+from gm.featurizer import check_same_featurizer
 
 # Published numbers (../shared/BENCHMARKS.md), shown beside ours on the same definitions.
 REFERENCE = {
@@ -72,8 +73,6 @@ def tables(rows: list[dict]) -> dict[str, tuple[list[str], list[list[str]]]]:
 
     Image metrics of one table must come from one featurizer: mixed hashes are refused.
     """
-    from gm.featurizer import check_same_featurizer
-
     out = {}
     for dataset in sorted({r["dataset"] for r in rows}):
         ours = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: (r.get("source") == "baseline",

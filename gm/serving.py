@@ -12,12 +12,14 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import torch
+
+from gm.inference import data_log_prob, sample_data
+from gm.models.base import load_model
 
 
 class GMSampler(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from gm.models.base import load_model
-
         self.model = load_model(context.artifacts["model"])
         self.spec = self.model.data
 
@@ -27,10 +29,6 @@ class GMSampler(mlflow.pyfunc.PythonModel):
 
 def predict(model, request: Any) -> np.ndarray:
     """Serve one request dict against a loaded gm model (shared by the pyfunc and tests)."""
-    import torch
-
-    from gm.training.validate import data_log_prob, sample_data
-
     if hasattr(request, "to_dict") and not isinstance(request, dict):  # a one-row DataFrame
         request = {k: v[0] for k, v in request.to_dict("list").items()}
     if not isinstance(request, dict):

@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from gm.config import ConfigError, Params, load_params
+from gm.core.config import ConfigError
+from gm.params import Params, load_params
+from gm.tracking import repo_root
+from gm.core.files import write_json
 
 
 class StageError(RuntimeError):
@@ -18,8 +21,6 @@ USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, KeyError, StageError)
 
 
 def root() -> Path:
-    from gm.tracking import repo_root
-
     return repo_root()
 
 
@@ -58,8 +59,6 @@ def entry(fn):
 
 def record_time(module: str, args, started: float) -> None:
     """artifacts/timings/<stage>.json: wall time of a successful stage (read by `make bench`)."""
-    from gm.files import write_json
-
     spec = getattr(sys.modules.get(module), "__spec__", None)  # `python -m pipelines.x` runs as __main__
     name = spec.name if spec is not None else module
     label = name.rsplit(".", 1)[-1] + "".join(f"@{a}" for a in args if not str(a).startswith("-"))

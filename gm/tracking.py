@@ -7,19 +7,25 @@ sqlite store is a file on one machine and tolerates one writer).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import subprocess
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from gm.config import MlflowParams, flatten
+from gm.core.config import flatten
 
 CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    tracking_uri: str | None = None  # None = sqlite:///<repo>/mlflow.db (absolute); MLFLOW_TRACKING_URI wins
+    experiment: str = "gm"
 
 
 def repo_root() -> Path:
@@ -169,7 +175,7 @@ def _pinned(package: str) -> str:
     return f"{package}=={version(package)}"
 
 
-def register_model(model_dir: Path, family: str, dataset: str, score: float, metric: str,
+def register_version(model_dir: Path, family: str, dataset: str, score: float, metric: str,
                    likelihood: str | None, extra_tags: Mapping[str, str] | None = None) -> int:
     """Log the exported model as an mlflow.pyfunc sampler in the active run and register it.
 

@@ -19,7 +19,8 @@ import numpy as np
 from gm import stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
 from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_density, plot_samples
-from gm.files import read_json, write_json
+from gm.core.files import read_json, write_json
+from gm.baselines import BASELINES, fit_baseline
 
 
 @dataclass
@@ -46,9 +47,7 @@ def trained(name: str, root: Path, params) -> list[Candidate]:
 
 
 def tuned(name: str, root: Path, params) -> list[Candidate]:
-    if name not in params.sweeps:
-        raise stage.StageError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(params.sweeps)}")
-    exp = params.experiment(params.sweeps[name].experiment)
+    exp = params.experiment(params.sweep(name).experiment)
     best = read_json(root / "artifacts" / "tune" / name / "best.json")
     c = Candidate(f"tuned-{name}", exp.family, exp.dataset, "tune")
     c.samplers[params.evaluate.seed] = load_sampler(root / "artifacts" / "tune" / name / "model", params.evaluate)
@@ -58,8 +57,6 @@ def tuned(name: str, root: Path, params) -> list[Candidate]:
 
 def baselines(dataset: str, root: Path, params) -> list[Candidate]:
     """scikit-learn's Gaussian mixture and KDE, hyperparameter chosen on validation, per seed."""
-    from gm.baselines import BASELINES, fit_baseline
-
     params.dataset(dataset)
     data_dir = stage.prepared_dir(dataset, root)
     spec_ = data_spec(data_dir)

@@ -16,7 +16,7 @@ from gm import stage
 from gm.data.io import data_spec, read_split
 from gm.evaluation import PIXELS
 from gm.featurizer import FeaturizerConfig, predict, save_featurizer, train_featurizer
-from gm.files import write_json
+from gm.core.files import write_json
 
 
 def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:

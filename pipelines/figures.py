@@ -15,8 +15,8 @@ import argparse
 import torch
 
 from gm import stage, tracking
-from gm.experiments import grad_norms, mode_seeking
-from gm.files import write_json
+from gm.figures import grad_norms, mode_seeking
+from gm.core.files import write_json
 
 
 @stage.entry

@@ -14,10 +14,11 @@ import statistics
 from pathlib import Path
 
 from gm import stage, tracking
-from gm.config import ExperimentConfig
-from gm.files import write_json
+from gm.training.experiment import ExperimentConfig
+from gm.core.files import write_json
 from gm.models.base import load_model
-from gm.training.driver import TrainOutcome, check_buildable, fit_many, init_ray, storage_path
+from gm.training.driver import TrainOutcome, check_buildable, fit_many
+from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import validation_metric
 
 
@@ -55,7 +56,7 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
             "steps_per_s": exp.train.steps / outcome.train_seconds if outcome.train_seconds else 0.0,
         }
         tracking.log_metrics({f"best_{k}": v for k, v in row.items() if k != "seed"})
-        row["registered_version"] = tracking.register_model(
+        row["registered_version"] = tracking.register_version(
             model_dir, exp.family, exp.dataset, score, metric, model.likelihood,
             {"gm.source": "train", "gm.experiment": exp.name, "gm.seed": str(seed)})
     return row

@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from gm import stage, tracking
-from gm.config import to_dict
+from gm.core.config import to_dict
 from gm.data.io import data_spec
-from gm.files import write_json
+from gm.core.files import write_json
 from gm.models.base import load_model
-from gm.training.driver import check_buildable, export_selected, init_ray, storage_path
+from gm.training.driver import check_buildable, export_selected
+from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import validation_metric
 from tune.driver import METRIC, run_sweep, trial_id
 from tune.sweep import apply_overrides, check_pbt_space
@@ -78,9 +79,7 @@ def log_trial(row: dict, result, tags: dict, parent_id: str) -> None:
 
 def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
     params = stage.params(root)
-    if name not in params.sweeps:
-        raise stage.StageError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(params.sweeps)}")
-    sweep = params.sweeps[name]
+    sweep = params.sweep(name)
     exp = params.experiment(sweep.experiment)
     data_dir = stage.prepared_dir(exp.dataset, root)
     check_buildable(exp, data_dir)  # before Ray starts
@@ -108,7 +107,7 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
             "config": apply_overrides(exp.to_dict(), result.best_overrides),
         }
         tracking.log_metrics({"best_val_score": result.best_score, "trials": len(rows)})
-        version = tracking.register_model(out / "model", exp.family, exp.dataset, result.best_score, metric,
+        version = tracking.register_version(out / "model", exp.family, exp.dataset, result.best_score, metric,
                                           model.likelihood, {"gm.source": "tune", "gm.sweep": name,
                                                              "gm.trial_id": result.best_trial_id})
         best["registered_version"] = version

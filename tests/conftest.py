@@ -87,7 +87,7 @@ def write_params(root: Path, params: dict) -> Path:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """A root with tiny prepared datasets (artifacts/prepared/<name>) and params.yaml."""
-    from gm.config import parse_params
+    from gm.params import parse_params
     from gm.data.bootstrap import materialise_default_data
     from pipelines.prepare import prepare
 
@@ -107,8 +107,8 @@ def local_ray():
     """An embedded 2-CPU Ray for the tests of one module."""
     import ray
 
-    from gm.config import parse_params
-    from gm.training.driver import init_ray
+    from gm.params import parse_params
+    from gm.training.cluster import init_ray
 
     ray.shutdown()
     init_ray(parse_params(tiny_params()).ray)

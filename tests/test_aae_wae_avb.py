@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import gm.models  # noqa: F401  (fills the registry)
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.models.aae import AAEConfig, class_prior_means
 from gm.models.avb import AVBConfig, density_ratio_loss
 from gm.models.base import Batch
 from gm.models.wae import IMQ_SCALES, WAEConfig, imq_kernel, mmd_unbiased
 from gm.nn.mlp import clamp_to_model_space, mlp
-from gm.registry import MODELS
+from gm.core.registry import FAMILIES
 from tests.conftest import seeded
 
 TOY = DataSpec(shape=(2,), kind="toy")
@@ -25,7 +25,7 @@ SMALL = {"hidden": 32, "depth": 2, "z_dim": 2, "disc_hidden": 32, "disc_depth": 
 
 
 def small(family: str, data: DataSpec = TOY, **overrides):
-    cls = MODELS[family]
+    cls = FAMILIES[family]
     torch.manual_seed(0)
     return cls(build(cls.config_cls, {**SMALL, **overrides}, f"test.{family}"), data)
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gm.models  # noqa: F401  (fills the registry)
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.models._adversarial import (
     AdversarialModel,
     MinibatchDiscrimination,
@@ -28,21 +28,22 @@ from gm.models.cramer import CramerConfig, cramer_critic, energy_distance, gener
 from gm.models.gan import discriminator_loss
 from gm.models.wgan import WGANConfig
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator
-from gm.registry import MODELS, SPACES
+from gm.core.registry import FAMILIES
+from tune.spaces import SPACES
 from tests.conftest import seeded
 
 TOY = DataSpec(shape=(2,), kind="toy")
 LABELLED = DataSpec(shape=(2,), kind="toy", num_classes=2)
 DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 MNIST = DataSpec(shape=(1, 28, 28), kind="image", num_classes=10, levels=256)
-ADVERSARIAL = sorted(f for f, cls in MODELS.items() if issubclass(cls, AdversarialModel))
+ADVERSARIAL = sorted(f for f, cls in FAMILIES.items() if issubclass(cls, AdversarialModel))
 MINE = ["cramer", "gan", "wgan", "wgan_gp"]  # the families defined next to the base
 
 
 
 
 def small(family: str, data: DataSpec = TOY, **overrides) -> AdversarialModel:
-    cls = MODELS[family]
+    cls = FAMILIES[family]
     config = build(cls.config_cls, {"hidden": 16, "depth": 2, **overrides}, f"test.{family}")
     torch.manual_seed(0)
     return cls(config, data)
@@ -425,7 +426,7 @@ def test_conditional_sampling(family):
     with pytest.raises(ValueError, match="labels"):
         model.sample(2, condition=torch.tensor([0, 10]))
     # The serving path: predict({"n": 5, "label": 7}) hands int64 labels of shape (n,) to sample_data.
-    from gm.training.validate import sample_data
+    from gm.inference import sample_data
 
     x = sample_data(model, DIGITS, 5, seed=1, condition=torch.full((5,), 7, dtype=torch.int64))
     assert x.shape == (5, 1, 8, 8) and x.min() >= 0 and x.max() <= 16
@@ -540,9 +541,8 @@ def test_critic_grad_norms_one_per_layer(family):
 def test_search_spaces_name_real_fields(family):
     import dataclasses
 
-    import tune.spaces  # noqa: F401  (fills SPACES)
 
-    fields = {f.name for f in dataclasses.fields(MODELS[family].config_cls)}
+    fields = {f.name for f in dataclasses.fields(FAMILIES[family].config_cls)}
     space = SPACES[family]()
     assert space
     for key in space:

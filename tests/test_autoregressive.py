@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch.autograd import grad
 
 import gm.models  # noqa: F401  (fills the registry)
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.models.pixelcnnpp import params_per_pixel
 from gm.nn.gated_pixelcnn import GatedPixelCNN
 from gm.nn.observation import bin_centres, discretized_logistic_mixture_log_prob, levels_of
 from gm.nn.pixelcnn import PixelCNN
-from gm.registry import MODELS
+from gm.core.registry import FAMILIES as REGISTRY
 from tests.conftest import seeded, train_single_group
 
 FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnnpp"]
@@ -30,7 +30,7 @@ TOY = DataSpec(shape=(2,), kind="toy")
 
 def make(family: str, data: DataSpec, **overrides):
     """A tiny model of `family`: 8 channels, 2 layers/blocks, small kernels, no dropout."""
-    cls = MODELS[family]
+    cls = REGISTRY[family]
     cfg = {"hidden": 8, "depth": 2, **({"components": 3, "dropout": 0.0} if family == "pixelcnnpp" else {"kernel": 3})}
     torch.manual_seed(0)
     return cls(build(cls.config_cls, {**cfg, **overrides}, f"test.{family}"), data)
@@ -323,7 +323,7 @@ def test_training_lowers_the_nll(family):
 ])
 def test_bad_configs_raise(family, bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
-        build(MODELS[family].config_cls, bad, "x")
+        build(REGISTRY[family].config_cls, bad, "x")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from gm.baselines import BASELINES, Baseline, fit_baseline, uniform_bits_per_dim
-from gm.data.spec import DataSpec
+from gm.data.dataspec import DataSpec
 
 DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 TOY = DataSpec(shape=(2,), kind="toy")

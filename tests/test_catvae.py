@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gm.config import ConfigError, build, to_dict
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build, to_dict
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, load_model, save_model
 from gm.models.catvae import CatVAE, CatVAEConfig, categorical_kl_to_uniform, gumbel_noise, gumbel_softmax
 from tests.conftest import seeded, train_single_group

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from gm.config import ConfigError, parse_params
+from gm.core.config import ConfigError
+from gm.params import parse_params
 from tests.conftest import REPO, env_for, tiny_params, write_params
 
 
@@ -18,7 +19,7 @@ def parse(raw):
 
 
 def test_the_quick_profile_and_the_tiny_profile_are_valid():
-    from gm.config import load_params
+    from gm.params import load_params
 
     p = load_params(REPO / "params.yaml")
     assert {e.family for e in p.experiments.values()} >= {"gan", "wgan_gp", "vae", "realnvp"}
@@ -30,7 +31,7 @@ def test_the_quick_profile_and_the_tiny_profile_are_valid():
 
 @pytest.mark.parametrize("profile", sorted(p.name for p in (REPO / "profiles").glob("*.yaml")))
 def test_every_benchmark_profile_is_valid(profile):
-    from gm.config import load_params
+    from gm.params import load_params
 
     p = load_params(REPO / "profiles" / profile)
     assert p.experiments and all(e.dataset in p.datasets for e in p.experiments.values())
@@ -105,7 +106,7 @@ def test_sweep_combinations_tune_cannot_run_are_refused(sweep, expect):
 
 
 def test_a_family_without_search_space_is_a_clear_error(monkeypatch):
-    from gm.registry import SPACES
+    from tune.spaces import SPACES
 
     monkeypatch.delitem(SPACES, "vae")
     raw = mutate("tune.sweeps.vae-digits.space", None)

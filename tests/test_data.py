@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gm.config import ConfigError
+from gm.core.config import ConfigError
 from gm.data.bootstrap import materialise_default_data, sklearn_digits_file
 from gm.data.importers import read_idx, write_idx
 from gm.data.io import arrow_to_numpy, data_spec, read_meta, read_split, split_schema, write_splits

@@ -11,15 +11,15 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.evaluation import with_eval_bound
 from gm.flows.dequantization import DequantizationConfig, VariationalDequantizer
 from gm.models.base import Batch, GenerativeModel, load_model, save_model
-from gm.nn.mlp import normal_log_prob, randn
+from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import levels_of
-from gm.registry import MODELS
-from gm.training.validate import data_log_prob
+from gm.core.registry import FAMILIES as REGISTRY
+from gm.inference import data_log_prob
 from tests.conftest import seeded
 from tests.test_models import perturb
 
@@ -40,7 +40,7 @@ FAMILIES = {
 
 
 def build_family(family: str, data: DataSpec, **overrides) -> GenerativeModel:
-    cls = MODELS[family]
+    cls = REGISTRY[family]
     torch.manual_seed(0)
     return cls(build(cls.config_cls, {**FAMILIES[family], **overrides}, f"test.{family}"), data)
 
@@ -193,7 +193,7 @@ def test_variational_on_continuous_data_is_a_config_error(family):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_configs_parse_the_inherited_fields(family):
-    cls = MODELS[family].config_cls
+    cls = REGISTRY[family].config_cls
     assert issubclass(cls, DequantizationConfig)
     assert build(cls, {}, "m").dequantization == "uniform"
     with pytest.raises(ConfigError, match=r"^m\.dequantization: expected one of 'uniform', 'variational'"):

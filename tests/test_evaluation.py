@@ -29,17 +29,17 @@ def test_family_specific_test_metrics():
     import torch
 
     import gm.models  # noqa: F401
-    from gm.config import build
-    from gm.data.spec import DataSpec
+    from gm.core.config import build
+    from gm.data.dataspec import DataSpec
     from gm.evaluation import ModelSampler
-    from gm.registry import MODELS
+    from gm.core.registry import FAMILIES
 
     digits = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
     x = np.random.default_rng(0).integers(0, 17, size=(20, 1, 8, 8)).astype(np.float32)
 
     def sampler(family, **cfg):
         torch.manual_seed(0)
-        cls = MODELS[family]
+        cls = FAMILIES[family]
         return ModelSampler(cls(build(cls.config_cls, {"hidden": 16, **cfg}, "m"), digits).eval())
 
     vae = sampler("vae", decoder="logistic").extra_metrics(x, 0)

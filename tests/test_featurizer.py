@@ -11,8 +11,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from gm import stage
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.featurizer import (FeaturizerConfig, check_same_featurizer, featurizer_hash, features,
                            load_featurizer, predict, save_featurizer, train_featurizer)
 

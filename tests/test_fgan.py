@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from scipy import integrate, optimize
 
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch
 from gm.models.fgan import DIVERGENCES, FGAN, Divergence, FGANConfig, generator_loss, variational_objective
-from gm.registry import MODELS
+from gm.core.registry import FAMILIES
 
 NAMES = sorted(DIVERGENCES)
 # Every f in Table 1 is normalised (f(1) = 0, so D_f(P‖P) = 0) except the GAN's, whose
@@ -219,7 +219,7 @@ def toy_batch(b: int = 32, seed: int = 0) -> Batch:
 
 
 def test_fgan_is_registered_with_its_config():
-    assert MODELS["fgan"] is FGAN and FGAN.config_cls is FGANConfig
+    assert FAMILIES["fgan"] is FGAN and FGAN.config_cls is FGANConfig
     c = FGANConfig()
     assert (c.divergence, c.generator_loss) == ("jensen_shannon", "alternative")
     assert set(typing.get_args(typing.get_type_hints(FGANConfig)["divergence"])) == set(DIVERGENCES)
@@ -309,7 +309,7 @@ def test_unknown_divergence_or_loss_is_a_config_error(key, value):
 
 
 def test_mode_seeking_forward_kl_covers_reverse_kl_seeks(tmp_path):
-    from gm.experiments.mode_seeking import plot, run
+    from gm.figures.mode_seeking import plot, run
 
     result = run(seed=0, steps=200)  # a fifth of the default budget
     (kl_mu, kl_sigma), (rkl_mu, rkl_sigma) = result["kl"]["fitted"], result["reverse_kl"]["fitted"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.flows.image import (
     ActNorm,
     AdditiveCoupling,
@@ -24,8 +24,9 @@ from gm.flows.image import (
     coupling_conv_net,
 )
 from gm.models.base import GenerativeModel
-from gm.nn.mlp import mlp, normal_log_prob
-from gm.registry import MODELS
+from gm.nn.mlp import mlp
+from gm.core.numerics import normal_log_prob
+from gm.core.registry import FAMILIES
 from tests.conftest import seeded, train_single_group
 from tests.test_models import perturb
 
@@ -50,7 +51,7 @@ VARIANTS = {
 
 
 def build_family(family: str, data: DataSpec, **overrides) -> GenerativeModel:
-    cls = MODELS[family]
+    cls = FAMILIES[family]
     torch.manual_seed(0)
     return cls(build(cls.config_cls, overrides, f"test.{family}"), data)
 
@@ -289,4 +290,4 @@ def test_glow_refuses_data_it_cannot_squeeze():
 ])
 def test_bad_flow_configs_raise(family, bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
-        build(MODELS[family].config_cls, bad, "x")
+        build(FAMILIES[family].config_cls, bad, "x")

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import gm.models  # noqa: F401  (fills the registry)
-from gm.config import build
-from gm.data.spec import DataSpec
+from gm.core.config import build
+from gm.data.dataspec import DataSpec
 from gm.models._latent import gaussian_kl, gaussian_posterior_sample
 from gm.models.base import Batch
-from gm.registry import MODELS
-from gm.nn.mlp import normal_log_prob
+from gm.core.registry import FAMILIES
+from gm.core.numerics import normal_log_prob
 from tests.conftest import seeded
 
 DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
@@ -35,7 +35,7 @@ def test_posterior_log_density_is_the_gaussian_density():
 
 @pytest.mark.parametrize("decoder", ["gaussian", "categorical", "logistic"])
 def test_vae_trains_with_every_head_on_digits(decoder):
-    cls = MODELS["vae"]
+    cls = FAMILIES["vae"]
     model = cls(build(cls.config_cls, {"hidden": 32, "z_dim": 4, "decoder": decoder, "decoder_components": 2,
                                        "iwae_k": 8}, "m"), DIGITS)
     x = DIGITS.to_model(torch.randint(0, 17, (16, 1, 8, 8), generator=seeded(2)), generator=seeded(3))
@@ -66,7 +66,7 @@ def test_validation_reports_rate_and_distortion_of_a_vae():
     from gm.training.validate import validation_scores
 
     toy = DataSpec(shape=(2,), kind="toy")
-    model = MODELS["vae"](build(MODELS["vae"].config_cls, {"hidden": 16, "z_dim": 2, "iwae_k": 4}, "m"), toy).eval()
+    model = FAMILIES["vae"](build(FAMILIES["vae"].config_cls, {"hidden": 16, "z_dim": 2, "iwae_k": 4}, "m"), toy).eval()
     x = np.random.default_rng(0).normal(size=(300, 2)).astype(np.float32)
     scores = validation_scores(model, toy, x, 100)
     with torch.no_grad():

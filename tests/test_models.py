@@ -9,21 +9,22 @@ import torch
 from torch import nn
 
 import gm.models  # noqa: F401  (fills the registry)
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, GenerativeModel, load_model, save_model
 from gm.models.gan import GANConfig, generator_loss
 from gm.models.realnvp import RealNVPConfig
 from gm.models.vae import VAE, VAEConfig, gaussian_kl
 from gm.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
-from gm.nn.mlp import mlp, normal_log_prob
-from gm.registry import MODELS
+from gm.nn.mlp import mlp
+from gm.core.numerics import normal_log_prob
+from gm.core.registry import FAMILIES as REGISTRY
 from tests.conftest import seeded
 
 TOY = DataSpec(shape=(2,), kind="toy")
 IMAGE = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 SPECS = {"toy": TOY, "image": IMAGE}
-FAMILIES = sorted(MODELS)
+FAMILIES = sorted(REGISTRY)
 
 # Capacity knobs every family has; extra knobs only where a family's default would be slow.
 SMALL = {"hidden": 32, "depth": 2}
@@ -32,7 +33,7 @@ SMALL_EXTRA = {"realnvp": {"n_layers": 4}, "vae": {"iwae_k": 8}, "vae_flow": {"i
 
 
 def small_model(family: str, data: DataSpec, **overrides) -> GenerativeModel:
-    cls = MODELS[family]
+    cls = REGISTRY[family]
     config = build(cls.config_cls, {**SMALL, **SMALL_EXTRA.get(family, {}), **overrides}, f"test.{family}")
     torch.manual_seed(0)
     return cls(config, data)
@@ -169,7 +170,7 @@ def test_log_prob_shape(family, spec_name):
     assert lp.shape == (7,) and torch.isfinite(lp).all()
 
 
-@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("family", sorted(REGISTRY))
 def test_discrete_samples_lie_in_model_space(family):
     model = small_model(family, IMAGE)
     perturb(model, 0.5)  # push outputs well beyond [-1, 1) before squashing/clamping
@@ -177,7 +178,7 @@ def test_discrete_samples_lie_in_model_space(family):
     assert x.min() >= -1 and x.max() < 1
 
 
-@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("family", sorted(REGISTRY))
 def test_condition_is_refused_by_unconditional_models(family):
     model = small_model(family, IMAGE)
     with pytest.raises(ValueError, match="unconditional"):
@@ -438,14 +439,13 @@ def test_vae_decoder_log_std_floor():
     assert (model.obs.log_std == -3.0).all()
 
 
-@pytest.mark.parametrize("family", sorted(MODELS))
+@pytest.mark.parametrize("family", sorted(REGISTRY))
 def test_every_family_has_a_search_space_that_builds(family):
-    import tune.spaces  # noqa: F401  (fills SPACES)
-    from gm.config import ExperimentConfig, TrainParams
-    from gm.registry import SPACES
+    from gm.training.experiment import ExperimentConfig, TrainParams
+    from tune.spaces import SPACES
     from tune.sweep import check_space
 
-    cls = MODELS[family]
+    cls = REGISTRY[family]
     exp = ExperimentConfig(name="x", family=family, dataset="d", model=build(cls.config_cls, {}, "m"),
                            train=TrainParams())
     space = SPACES.get_or_fail(family)()

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from gm.config import ConfigError
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError
+from gm.data.dataspec import DataSpec
 from gm.nn.observation import (
     bin_centres,
     discretized_logistic_mixture_log_prob,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gm.metrics import prdc
-from gm.registry import METRICS
+from gm.core.registry import METRICS
 
 SQUARE4 = 10.0 * np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])  # 4 modes 14 std apart
 

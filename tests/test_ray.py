@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from gm.config import parse_params
+from gm.params import parse_params
 from gm.models.base import load_model
 from gm.training.driver import export_checkpoint, fit, select_checkpoint
 from gm.training.validate import validation_scores

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import ActNorm, AffineCoupling, Squeeze, channel_mask, checkerboard_mask
 from gm.models.base import Batch

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gm.config import ConfigError, parse_params
+from gm.core.config import ConfigError
+from gm.params import parse_params
 from gm.models.base import load_model
 from tests.conftest import REPO, env_for, tiny_params, write_params
 
@@ -149,8 +150,8 @@ def test_pbt_rejects_a_knob_that_changes_parameter_shapes(prepared):
 RESUMABLE = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from gm.config import parse_params
-    from gm.training.driver import init_ray
+    from gm.params import parse_params
+    from gm.training.cluster import init_ray
     from tests.test_tune import resumable_params
     from tune.driver import run_sweep
 

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.flows import (
     MADE,
     FlowSequence,

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import gm.models  # noqa: F401  (fills the registry)
-from gm.config import ConfigError, build
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, build
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, load_model, save_model
 from gm.models.vqvae import (
     VQVAE,

@@ -16,10 +16,11 @@ from pathlib import Path
 from ray.train import Checkpoint, UserCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from gm.config import ExperimentConfig
+from gm.training.experiment import ExperimentConfig
 from gm.training.driver import clear_run, make_trainer, select_checkpoint, storage_fs
 from gm.training.loop import experiment_from_dict
 from tune.sweep import DOMAINS, SweepConfig, apply_overrides, extreme_values, to_tune_domain
+from gm.core.config import to_dict
 
 METRIC, MODE = "val_score", "min"
 
@@ -284,8 +285,6 @@ def write_sweep_record(path: str, record: dict) -> None:
 
 
 def sweep_fingerprint(sweep: SweepConfig, exp: ExperimentConfig, data_dir: Path) -> dict:
-    from gm.config import to_dict
-
     return {"sweep": to_dict(sweep), "experiment": exp.to_dict(), "data_dir": str(Path(data_dir).resolve())}
 
 

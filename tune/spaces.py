@@ -4,7 +4,11 @@ Keys are dotted paths into an experiment's config (`model.<field>` or `train.<fi
 values are domains in the same form params.yaml uses (see tune.sweep.DOMAINS).
 """
 
-from gm.registry import register_space
+from gm.core.registry import Registry
+from gm.models.fgan import DIVERGENCES
+
+SPACES = Registry("search space")  # family -> its default search space (a sweep without `space`)
+register_space = SPACES.register
 
 
 @register_space("gan")
@@ -19,8 +23,6 @@ def gan_space() -> dict:
 
 @register_space("fgan")
 def fgan_space() -> dict:
-    from gm.models.fgan import DIVERGENCES
-
     return {
         "model.divergence": {"choice": sorted(DIVERGENCES)},  # which f the critic estimates
         "model.lr_gen": {"loguniform": [5e-5, 1e-3]},

@@ -6,8 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from gm.config import ConfigError, ExperimentConfig, build, spec
-from gm.registry import SPACES
+from gm.core.config import ConfigError, build, bounded
+from gm.training.experiment import ExperimentConfig
+from tune.spaces import SPACES
+from gm.models.base import build_model
 
 # domain name -> (number of arguments, or None for a list, Ray Tune constructor name)
 DOMAINS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None, "grid": None}
@@ -16,19 +18,19 @@ DOMAINS = {"uniform": 2, "loguniform": 2, "randint": 2, "choice": None, "grid": 
 @dataclass(frozen=True)
 class SweepConfig:
     experiment: str  # the experiment whose config the trials start from
-    num_samples: int = spec(4, gt=0)  # trials (times the grid, if any); PBT: the population
+    num_samples: int = bounded(4, gt=0)  # trials (times the grid, if any); PBT: the population
     # asha: successive halving stops weak trials early; pbt: population-based training, weak trials
     # take over a strong trial's checkpoint and perturb its knobs; fifo: every trial runs its full budget
     scheduler: Literal["asha", "pbt", "fifo"] = "asha"
     # random: independent draws (and grids); optuna: TPE, a model-based searcher fed by finished trials
     search: Literal["random", "optuna"] = "random"
-    grace_period: int = spec(1, gt=0)  # ASHA: reports (of train.eval_every steps) before a trial may stop
-    reduction_factor: int = spec(2, gt=1)
-    perturbation_interval: int = spec(2, gt=0)  # PBT: reports between exploit/explore decisions
-    quantile_fraction: float = spec(0.25, gt=0, le=0.5)  # PBT: bottom share that copies the top share
-    resample_probability: float = spec(0.25, ge=0, le=1)  # PBT: chance a knob is redrawn, not scaled
-    max_concurrent_trials: int | None = spec(None, gt=0)  # None: as many as the cluster's CPUs/GPUs allow
-    trial_driver_cpus: float = spec(0.0, ge=0)  # the trial function only launches the TorchTrainer
+    grace_period: int = bounded(1, gt=0)  # ASHA: reports (of train.eval_every steps) before a trial may stop
+    reduction_factor: int = bounded(2, gt=1)
+    perturbation_interval: int = bounded(2, gt=0)  # PBT: reports between exploit/explore decisions
+    quantile_fraction: float = bounded(0.25, gt=0, le=0.5)  # PBT: bottom share that copies the top share
+    resample_probability: float = bounded(0.25, ge=0, le=1)  # PBT: chance a knob is redrawn, not scaled
+    max_concurrent_trials: int | None = bounded(None, gt=0)  # None: as many as the cluster's CPUs/GPUs allow
+    trial_driver_cpus: float = bounded(0.0, ge=0)  # the trial function only launches the TorchTrainer
     seed: int = 0
     space: dict | None = None  # dotted key -> domain; None: the family's default space (tune/spaces.py)
 
@@ -84,8 +86,6 @@ def check_space(space: Mapping, exp: ExperimentConfig, where: str) -> dict:
 
 
 def build_sweep(name: str, raw: Mapping, experiments: Mapping[str, ExperimentConfig]) -> SweepConfig:
-    import tune.spaces  # noqa: F401  (fills SPACES)
-
     where = f"tune.sweeps.{name}"
     sweep = build(SweepConfig, raw, where)
     if sweep.experiment not in experiments:
@@ -115,8 +115,6 @@ def check_pbt_space(sweep: SweepConfig, exp: ExperimentConfig, spec, where: str)
     """PBT copies a strong trial's weights into a weak one and then changes its knobs: every knob must
     leave the model's parameter shapes alone (learning rates, penalty weights, β do; widths do not)."""
     import torch
-
-    from gm.models.base import build_model
 
     def shapes(model_cfg) -> dict:
         torch.manual_seed(0)

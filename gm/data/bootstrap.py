@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.resources
-import os
 import shutil
 from pathlib import Path
 
 from gm.data.sources import DIGITS_PATH
+from gm.core.files import atomic_write
 
 
 def sklearn_digits_file() -> Path:
@@ -24,8 +24,5 @@ def materialise_default_data(repo_root: str | Path) -> list[Path]:
     if not src.is_file():
         raise FileNotFoundError(f"{src}: file not found; expected scikit-learn's bundled digits "
                                 "(is scikit-learn installed?)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)  # atomic: an interrupted copy never leaves a partial file at dest
+    atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))  # an interrupted copy leaves no partial file
     return [dest]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gm.data.spec import DataSpec
+from gm.data.dataspec import DataSpec
+from gm.core.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 META = "meta.json"
@@ -90,13 +90,6 @@ def to_table(x: np.ndarray, y: np.ndarray | None) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=split_schema(shape, y is not None))
 
 
-def _write_bytes_atomic(path: Path, write) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written split behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info: dict, seed: int,
                  val_fraction: float, test_fraction: float, source_hash: str,
                  name: str | None = None) -> dict:
@@ -121,7 +114,7 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
     for split, idx in parts.items():
         table = to_table(x[idx], y[idx] if y is not None else None)
         # fixed writer options: the bytes depend only on the data (and pyarrow's version)
-        _write_bytes_atomic(out_dir / f"{split}.parquet", lambda p: pq.write_table(
+        atomic_write(out_dir / f"{split}.parquet", lambda p: pq.write_table(
             table, p, compression="zstd", write_statistics=False, store_schema=True))
 
     schema = split_schema(x.shape[1:], y is not None)
@@ -144,7 +137,7 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
     if info.get("class_names"):
         meta["class_names"] = list(info["class_names"])
     text = json.dumps(meta, sort_keys=True, indent=2) + "\n"
-    _write_bytes_atomic(out_dir / META, lambda p: p.write_text(text))
+    atomic_write(out_dir / META, lambda p: p.write_text(text))
     return meta
 
 

@@ -19,9 +19,9 @@ from typing import Literal, Mapping
 
 import numpy as np
 
-from gm.config import ConfigError, build, spec, to_dict
+from gm.core.config import ConfigError, build, bounded, to_dict
 from gm.data.importers import load_image_folder, read_bytes, read_idx
-from gm.registry import Registry
+from gm.core.registry import Registry
 
 SOURCES = Registry("data source")
 
@@ -130,9 +130,9 @@ class Ring8(ToySource):
     """PacGAN's ring: 8 Gaussians at (r cos 2πk/8, r sin 2πk/8), std 0.01."""
 
     source: Literal["ring8"] = "ring8"
-    n: int = spec(12000, gt=0)
-    std: float = spec(0.01, gt=0)
-    radius: float = spec(1.0, gt=0)
+    n: int = bounded(12000, gt=0)
+    std: float = bounded(0.01, gt=0)
+    radius: float = bounded(1.0, gt=0)
 
     def centers(self) -> np.ndarray:
         angles = 2 * math.pi * np.arange(8) / 8
@@ -148,8 +148,8 @@ class Grid25(ToySource):
     """PacGAN's grid: 25 Gaussians at {-4,-2,0,2,4}^2, std 0.05."""
 
     source: Literal["grid25"] = "grid25"
-    n: int = spec(12500, gt=0)
-    std: float = spec(0.05, gt=0)
+    n: int = bounded(12500, gt=0)
+    std: float = bounded(0.05, gt=0)
 
     def centers(self) -> np.ndarray:
         return np.array([[float(i), float(j)] for i in range(-4, 5, 2) for j in range(-4, 5, 2)])
@@ -164,8 +164,8 @@ class SwissRoll(ToySource):
     """WGAN-GP's gan_toy.py swiss roll: make_swiss_roll(n, noise=0.25), columns (0, 2), / 7.5."""
 
     source: Literal["swissroll"] = "swissroll"
-    n: int = spec(12000, gt=0)
-    noise: float = spec(0.25, ge=0)
+    n: int = bounded(12000, gt=0)
+    noise: float = bounded(0.25, ge=0)
 
     def sample(self, rng):
         from sklearn.datasets import make_swiss_roll
@@ -181,8 +181,8 @@ class Moons(ToySource):
     """scikit-learn's two interleaving half circles (labels dropped: toys are unlabelled)."""
 
     source: Literal["moons"] = "moons"
-    n: int = spec(12000, gt=0)
-    noise: float = spec(0.05, ge=0)
+    n: int = bounded(12000, gt=0)
+    noise: float = bounded(0.05, ge=0)
 
     def sample(self, rng):
         from sklearn.datasets import make_moons
@@ -273,7 +273,7 @@ class Idx(FileSource):
     images: str
     source: Literal["idx"] = "idx"
     labels: str | None = None
-    levels: int = spec(256, ge=2)
+    levels: int = bounded(256, ge=2)
 
     expected = "an IDX file (MNIST format, gzipped or not); set `images`/`labels` of this dataset"
 
@@ -303,7 +303,7 @@ class Npz(FileSource):
     source: Literal["npz"] = "npz"
     x_key: str = "x"
     y_key: str | None = "y"  # the default may be absent (unlabelled); a name you set must exist
-    levels: int | None = spec(None, ge=2)  # None = continuous data
+    levels: int | None = bounded(None, ge=2)  # None = continuous data
 
     expected = "a NumPy .npz archive; set `path` of this dataset"
 
@@ -349,7 +349,7 @@ class ImageFolderSource(FileSource):
     path: str
     source: Literal["image_folder"] = "image_folder"
     grayscale: bool = True
-    size: int | None = spec(None, gt=0)  # resize to size x size; None = all images must match
+    size: int | None = bounded(None, gt=0)  # resize to size x size; None = all images must match
 
     expected = "a folder of PNG/JPEG images, one subfolder per class; set `path` of this dataset"
     LEVELS = 256

@@ -43,11 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.image import coupling_conv_net
 from gm.flows.layers import maf_flows
-from gm.nn.mlp import mlp, normal_log_prob, randn
+from gm.nn.mlp import mlp
+from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import bin_centres
 
 __all__ = ["DequantizationConfig", "VariationalDequantizer", "make_dequantizer"]
@@ -61,9 +62,9 @@ class DequantizationConfig:
     # variational: u ~ q(u | v), a conditional flow trained jointly (Ho et al. 2019, Flow++ §3.1),
     # log_prob an importance-weighted bound on the discrete log-likelihood (likelihood "bound")
     dequantization: Literal["uniform", "variational"] = "uniform"
-    dequant_layers: int = spec(2, gt=0)  # conditional affine autoregressive steps of q(u | v)
-    dequant_hidden: int = spec(64, gt=0)  # width of q's context net and of its MADEs' hidden layers
-    iwae_k: int = spec(1, gt=0)  # draws of u per row in log_prob (variational only; evaluation raises it)
+    dequant_layers: int = bounded(2, gt=0)  # conditional affine autoregressive steps of q(u | v)
+    dequant_hidden: int = bounded(64, gt=0)  # width of q's context net and of its MADEs' hidden layers
+    iwae_k: int = bounded(1, gt=0)  # draws of u per row in log_prob (variational only; evaluation raises it)
 
 
 class VariationalDequantizer(nn.Module):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gm.flows.layers import Flow
+from gm.core.dist import world_size
 
 __all__ = [
     "ActNorm", "InvConv1x1", "AffineCoupling", "AdditiveCoupling", "Squeeze", "FactorOut", "FlowStack",
@@ -75,9 +76,9 @@ class ActNorm(Flow):
         """Set s = 1/(std + eps), b = -mean/(std + eps) per channel from x (B, C, ...)."""
         dims = [0, *range(2, x.dim())]
         stats = torch.stack([x.mean(dims), x.pow(2).mean(dims)])  # (2, C): E[x], E[x²]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             dist.all_reduce(stats)
-            stats /= dist.get_world_size()
+            stats /= world_size()
         mean, sq = stats
         std = (sq - mean.pow(2)).clamp_min(0).sqrt()
         log_scale = -torch.log(std + self.eps)

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-from gm.registry import register_metric
+from gm.core.registry import register_metric
 
 SQRTM_EPS = 1e-6  # ridge added to both covariances when their product is singular
 MAX_IMAG_REL = 1e-3  # sqrtm of a PSD-similar matrix is real; more imaginary part than this is a bug

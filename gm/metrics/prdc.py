@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gm.registry import register_metric
+from gm.core.registry import register_metric
 
 CHUNK_ROWS = 1000  # one (1000, 10000) float64 block is 80 MB
 

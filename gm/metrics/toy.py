@@ -7,7 +7,7 @@ import math
 import numpy as np
 import ot
 
-from gm.registry import register_metric
+from gm.core.registry import register_metric
 
 # Network-simplex pivots grow with the problem size: 2,500 x 2,500 toy clouds need
 # 3e4-1e5, right at POT's default (1e5), and a larger test set would pass it; stopping

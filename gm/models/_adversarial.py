@@ -25,8 +25,8 @@ from typing import Callable, ClassVar, Literal
 import torch
 from torch import nn
 
-from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, bounded
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator, check_dcgan_data
 from gm.nn.mlp import (
@@ -37,9 +37,8 @@ from gm.nn.mlp import (
     label_count,
     mlp,
     one_hot_labels,
-    rand,
-    randn,
 )
+from gm.core.numerics import rand, randn
 
 # Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
 MBD_KERNEL_DIM = 5
@@ -48,24 +47,24 @@ MBD_KERNEL_DIM = 5
 @dataclass(frozen=True)
 class AdversarialConfig:
     arch: Literal["mlp", "dcgan"] = "mlp"  # MLPs for toys/vectors; DCGAN (Radford 2016) for images
-    z_dim: int = spec(8, gt=0)  # latent dimension; 2 is enough for 2-D toys
-    hidden: int = spec(256, gt=0)  # MLP width, or DCGAN base channel count
-    depth: int = spec(3, gt=0)  # MLP hidden layers per net (DCGAN: derived from the image size)
+    z_dim: int = bounded(8, gt=0)  # latent dimension; 2 is enough for 2-D toys
+    hidden: int = bounded(256, gt=0)  # MLP width, or DCGAN base channel count
+    depth: int = bounded(3, gt=0)  # MLP hidden layers per net (DCGAN: derived from the image size)
     activation: Activation = "leaky_relu"  # critic (MLP); DCGAN (Radford 2016): LeakyReLU(0.2) in D, ReLU in G
     conditional: bool = False  # cGAN (Mirza & Osindero 2014): labels into generator and critic
-    lr_gen: float = spec(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
-    lr_critic: float = spec(2e-4, gt=0)
-    betas: tuple[float, float] = spec((0.5, 0.999), ge=0, lt=1)  # DCGAN, β1 = 0.5
+    lr_gen: float = bounded(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
+    lr_critic: float = bounded(2e-4, gt=0)
+    betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)  # DCGAN, β1 = 0.5
     optimizer: Literal["adam", "rmsprop"] = "adam"
-    n_critic: int = spec(1, gt=0)  # critic steps per generator step
+    n_critic: int = bounded(1, gt=0)  # critic steps per generator step
     # stabilising techniques, selectable on every adversarial family (Salimans et al. 2016; Sønderby et al. 2017)
     feature_matching: bool = False  # generator matches E f(x) of the critic's penultimate features
-    label_smoothing: float = spec(0.0, ge=0, lt=0.5)  # one-sided: real target 1 - s (families with a target)
-    minibatch_discrimination: int = spec(0, ge=0)  # number of minibatch-discrimination kernels (0 = off)
-    historical_averaging: float = spec(0.0, ge=0)  # weight of ||θ - mean of past θ||² in both losses
-    instance_noise: float = spec(0.0, ge=0)  # std of Gaussian noise added to every critic input
-    instance_noise_steps: int = spec(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
-    pack: int = spec(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
+    label_smoothing: float = bounded(0.0, ge=0, lt=0.5)  # one-sided: real target 1 - s (families with a target)
+    minibatch_discrimination: int = bounded(0, ge=0)  # number of minibatch-discrimination kernels (0 = off)
+    historical_averaging: float = bounded(0.0, ge=0)  # weight of ||θ - mean of past θ||² in both losses
+    instance_noise: float = bounded(0.0, ge=0)  # std of Gaussian noise added to every critic input
+    instance_noise_steps: int = bounded(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
+    pack: int = bounded(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
 
     def validate_train(self, train) -> None:
         """Checks against the training section: packing needs whole packs in every batch."""

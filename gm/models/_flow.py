@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from gm.config import ConfigError
-from gm.data.spec import DataSpec, halvable_image
+from gm.core.config import ConfigError
+from gm.data.dataspec import DataSpec, halvable_image
 from gm.flows.dequantization import DequantizationConfig, make_dequantizer
 from gm.flows.image import MultiScaleFlow
 from gm.models._latent import log_mean_exp_draws
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import check_unconditional, clamp_to_model_space, normal_log_prob, randn
+from gm.nn.mlp import check_unconditional, clamp_to_model_space
+from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import levels_of
 
 

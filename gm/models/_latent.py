@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.models.base import GenerativeModel, ModelOutput
-from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp, normal_log_prob, randn
+from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp
+from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import ObservationName, make_observation
 
 # Elements per tensor in one IWAE chunk (samples × rows × width): ~16 MB in float32.
@@ -46,15 +47,15 @@ def log_mean_exp_draws(log_weights, k: int, rows: int, width: int, device,
 
 @dataclass(frozen=True)
 class LatentConfig:
-    z_dim: int = spec(8, gt=0)  # latent dimension; WAE/Burda-style MNIST models use 8-50
-    hidden: int = spec(256, gt=0)
-    depth: int = spec(2, gt=0)  # hidden layers in encoder and decoder (Burda 2015: 2 deterministic layers)
+    z_dim: int = bounded(8, gt=0)  # latent dimension; WAE/Burda-style MNIST models use 8-50
+    hidden: int = bounded(256, gt=0)
+    depth: int = bounded(2, gt=0)  # hidden layers in encoder and decoder (Burda 2015: 2 deterministic layers)
     activation: Activation = "relu"
-    lr: float = spec(1e-3, gt=0)  # Burda 2015, §5: Adam, initial lr 1e-3
+    lr: float = bounded(1e-3, gt=0)  # Burda 2015, §5: Adam, initial lr 1e-3
     decoder: ObservationName = "gaussian"  # p(x|z); discrete data: logistic or categorical give exact bits/dim
-    decoder_components: int = spec(1, gt=0)  # logistic mixture components per dimension
+    decoder_components: int = bounded(1, gt=0)  # logistic mixture components per dimension
     min_log_std: float = -7.0  # floor of the Gaussian decoder's log σ: on toys σ would otherwise shrink without end
-    iwae_k: int = spec(64, gt=0)  # importance samples for log_prob (Burda 2015 report k = 5000 for tight numbers)
+    iwae_k: int = bounded(64, gt=0)  # importance samples for log_prob (Burda 2015 report k = 5000 for tight numbers)
     sample_noise: bool = True  # sample x ~ p(x|z); False returns the decoder's mean (pythae's convention)
 
 

@@ -26,13 +26,14 @@ from typing import Literal
 
 import torch
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, gaussian_posterior_sample
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss, generator_loss
-from gm.nn.mlp import check_unconditional, label_count, mlp, one_hot_labels, randn
-from gm.registry import register_model
+from gm.nn.mlp import check_unconditional, label_count, mlp, one_hot_labels
+from gm.core.numerics import randn
+from gm.core.registry import register_family
 
 __all__ = ["AAE", "AAEConfig", "class_prior_means"]
 
@@ -40,15 +41,15 @@ __all__ = ["AAE", "AAEConfig", "class_prior_means"]
 @dataclass(frozen=True)
 class AAEConfig(LatentConfig):
     encoder: Literal["deterministic", "gaussian"] = "deterministic"  # Makhzani §2: q(z|x) choices 1 and 2
-    disc_hidden: int = spec(256, gt=0)  # MLP width of D (Makhzani's MNIST nets: 1000 ReLU units)
-    disc_depth: int = spec(2, gt=0)  # hidden layers of D (Makhzani's MNIST nets: two)
-    lr_disc: float = spec(5e-4, gt=0)  # our choice; the adversary rate of WAE-GAN (Tolstikhin 2018, §4)
-    lr_gen: float = spec(5e-4, gt=0)  # the encoder's rate in the regularization phase (our choice)
-    betas: tuple[float, float] = spec((0.5, 0.999), ge=0, lt=1)  # Adam β1 = 0.5 as in DCGAN / WAE
-    n_disc: int = spec(1, gt=0)  # discriminator steps per iteration (Makhzani: one of each phase)
+    disc_hidden: int = bounded(256, gt=0)  # MLP width of D (Makhzani's MNIST nets: 1000 ReLU units)
+    disc_depth: int = bounded(2, gt=0)  # hidden layers of D (Makhzani's MNIST nets: two)
+    lr_disc: float = bounded(5e-4, gt=0)  # our choice; the adversary rate of WAE-GAN (Tolstikhin 2018, §4)
+    lr_gen: float = bounded(5e-4, gt=0)  # the encoder's rate in the regularization phase (our choice)
+    betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)  # Adam β1 = 0.5 as in DCGAN / WAE
+    n_disc: int = bounded(1, gt=0)  # discriminator steps per iteration (Makhzani: one of each phase)
     conditional: bool = False  # Makhzani §2.3: label-regularised prior, labels into the discriminator
-    prior_radius: float = spec(4.0, gt=0)  # conditional prior: component means on a circle of this radius
-    prior_std: float = spec(0.5, gt=0)  # conditional prior: each component's isotropic std
+    prior_radius: float = bounded(4.0, gt=0)  # conditional prior: component means on a circle of this radius
+    prior_std: float = bounded(0.5, gt=0)  # conditional prior: each component's isotropic std
 
 
 def class_prior_means(num_classes: int, z_dim: int, radius: float) -> torch.Tensor:
@@ -68,7 +69,7 @@ def class_prior_means(num_classes: int, z_dim: int, radius: float) -> torch.Tens
     return means
 
 
-@register_model("aae")
+@register_family("aae")
 class AAE(LatentVariableModel):
     """Encoder E: x -> z, decoder p(x|z), latent discriminator D: (z[, one-hot y]) -> logit of "z ~ p(z)".
 

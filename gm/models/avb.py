@@ -30,13 +30,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, gaussian_kl
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss
-from gm.nn.mlp import mlp, randn
-from gm.registry import register_model
+from gm.nn.mlp import mlp
+from gm.core.numerics import randn
+from gm.core.registry import register_family
 
 __all__ = ["AVB", "AVBConfig", "density_ratio_loss"]
 
@@ -45,14 +46,14 @@ AC_VAR_FLOOR = 1e-4  # added to the estimated variance of q(z|x) before normalis
 
 @dataclass(frozen=True)
 class AVBConfig(LatentConfig):
-    noise_dim: int = spec(8, gt=0)  # dimension of ε, the implicit encoder's noise input (our choice)
-    disc_hidden: int = spec(256, gt=0)  # MLP width of T(x, z)
-    disc_depth: int = spec(2, gt=0)  # hidden layers of T(x, z)
-    lr_disc: float = spec(1e-3, gt=0)  # our choice: T must track T* as fast as the encoder moves
-    betas: tuple[float, float] = spec((0.5, 0.999), ge=0, lt=1)  # the authors' code: Adam β1 = 0.5
-    n_disc: int = spec(1, gt=0)  # T steps per encoder/decoder step (Algorithm 1: one)
+    noise_dim: int = bounded(8, gt=0)  # dimension of ε, the implicit encoder's noise input (our choice)
+    disc_hidden: int = bounded(256, gt=0)  # MLP width of T(x, z)
+    disc_depth: int = bounded(2, gt=0)  # hidden layers of T(x, z)
+    lr_disc: float = bounded(1e-3, gt=0)  # our choice: T must track T* as fast as the encoder moves
+    betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)  # the authors' code: Adam β1 = 0.5
+    n_disc: int = bounded(1, gt=0)  # T steps per encoder/decoder step (Algorithm 1: one)
     adaptive_contrast: bool = False  # Mescheder 2017: contrast q(z|x) with a moment-matched Gaussian
-    ac_samples: int = spec(8, ge=2)  # encoder draws per x that estimate μ(x), σ(x) (adaptive contrast)
+    ac_samples: int = bounded(8, ge=2)  # encoder draws per x that estimate μ(x), σ(x) (adaptive contrast)
 
 
 def density_ratio_loss(logits_num: torch.Tensor, logits_den: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def density_ratio_loss(logits_num: torch.Tensor, logits_den: torch.Tensor) -> to
     return discriminator_loss(logits_num, logits_den)
 
 
-@register_model("avb")
+@register_family("avb")
 class AVB(LatentVariableModel):
     """Implicit encoder z = E(x, ε), decoder p(x|z), discriminator T(x, z) -> log q(z|x) / p(z) estimate.
 

@@ -10,9 +10,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from gm.config import build, to_dict
-from gm.data.spec import DataSpec
-from gm.registry import MODELS
+from gm.core.config import build, to_dict
+from gm.data.dataspec import DataSpec
+from gm.core.registry import FAMILIES
 
 
 @dataclass
@@ -46,7 +46,7 @@ class StepGroup:
 
 
 class GenerativeModel(nn.Module):
-    """Base class of every family. Subclasses are registered with @register_model(name).
+    """Base class of every family. Subclasses are registered with @register_family(name).
 
     - `config_cls`: the family's frozen config dataclass.
     - `likelihood`: "exact" (flows, autoregressive), "bound" (latent-variable models:
@@ -93,9 +93,7 @@ class GenerativeModel(nn.Module):
 
 
 def build_model(family: str, config, data: DataSpec) -> GenerativeModel:
-    import gm.models  # noqa: F401  (fills the registry)
-
-    return MODELS.get_or_fail(family).from_config(config, data)
+    return FAMILIES.get_or_fail(family).from_config(config, data)
 
 
 def save_model(model: GenerativeModel, directory: str | Path, extra: dict | None = None) -> Path:
@@ -115,14 +113,12 @@ def save_model(model: GenerativeModel, directory: str | Path, extra: dict | None
 
 
 def load_model(directory: str | Path, map_location: str = "cpu") -> GenerativeModel:
-    import gm.models  # noqa: F401
-
     directory = Path(directory)
     meta_path = directory / "config.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: missing; expected a model saved by gm.models.base.save_model")
     meta = json.loads(meta_path.read_text())
-    family = MODELS.get_or_fail(meta["family"], str(meta_path))
+    family = FAMILIES.get_or_fail(meta["family"], str(meta_path))
     config = build(family.config_cls, meta["config"], f"{meta_path}:config")
     model = family.from_config(config, DataSpec.from_dict(meta["data"]))
     model.load_state_dict(torch.load(directory / "weights.pt", map_location=map_location, weights_only=True))

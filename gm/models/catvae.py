@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gm.config import ConfigError, spec
+from gm.core.config import ConfigError, bounded
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net
 from gm.models.base import Batch, ModelOutput, StepGroup
-from gm.nn.mlp import rand
-from gm.registry import register_model
+from gm.core.numerics import rand
+from gm.core.registry import register_family
 
 __all__ = ["CatVAE", "CatVAEConfig", "categorical_kl_to_uniform", "gumbel_noise", "gumbel_softmax"]
 
@@ -40,14 +40,14 @@ class CatVAEConfig(LatentConfig):
     # The decoder's input, the flattened one-hot codes: n_latent·n_categories, filled in by the
     # model. Left out (None) in params, so tuning n_latent or n_categories never meets a stale
     # value; a value given that disagrees is an error rather than silently ignored.
-    z_dim: int | None = spec(None, gt=0)
-    n_latent: int = spec(30, gt=0)  # categorical variables N (Jang et al.'s reference code: 30 × 10)
-    n_categories: int = spec(10, gt=1)  # categories K per variable
-    tau_start: float = spec(1.0, gt=0)  # Jang et al. 2017: τ = max(0.5, exp(-r·t))
-    tau_min: float = spec(0.5, gt=0)
-    anneal_rate: float = spec(3e-5, ge=0)  # r per optimizer step (Jang et al. try r in 1e-5..1e-4)
+    z_dim: int | None = bounded(None, gt=0)
+    n_latent: int = bounded(30, gt=0)  # categorical variables N (Jang et al.'s reference code: 30 × 10)
+    n_categories: int = bounded(10, gt=1)  # categories K per variable
+    tau_start: float = bounded(1.0, gt=0)  # Jang et al. 2017: τ = max(0.5, exp(-r·t))
+    tau_min: float = bounded(0.5, gt=0)
+    anneal_rate: float = bounded(3e-5, ge=0)  # r per optimizer step (Jang et al. try r in 1e-5..1e-4)
     straight_through: bool = False  # hard one-hot forward, relaxed backward (ST Gumbel-softmax)
-    beta: float = spec(1.0, ge=0)  # weight of the KL to the uniform prior; 1 is the (relaxed) ELBO
+    beta: float = bounded(1.0, ge=0)  # weight of the KL to the uniform prior; 1 is the (relaxed) ELBO
 
     @property
     def code_dim(self) -> int:
@@ -91,7 +91,7 @@ def categorical_kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return ((log_q.exp() * log_q).sum(-1) + math.log(k)).sum(-1)
 
 
-@register_model("catvae")
+@register_family("catvae")
 class CatVAE(LatentVariableModel):
     """VAE with N K-way categorical latents trained through the Gumbel-softmax relaxation;
     `log_prob` is the IWAE bound with exact discrete posterior samples."""

@@ -17,19 +17,19 @@ from dataclasses import dataclass
 
 import torch
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.models._adversarial import AdversarialConfig, AdversarialModel, gradient_penalty
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 
 @dataclass(frozen=True)
 class CramerConfig(AdversarialConfig):
-    h_dim: int = spec(256, gt=0)  # Bellemare 2017, §5: the critic h maps into R^256
-    gp_weight: float = spec(10.0, ge=0)  # Bellemare 2017, Alg. 1: λ = 10
-    n_critic: int = spec(5, gt=0)  # Bellemare 2017, Alg. 1 follows WGAN-GP: n_critic = 5
-    lr_gen: float = spec(1e-4, gt=0)  # Bellemare 2017, Alg. 1: Adam α = 1e-4
-    lr_critic: float = spec(1e-4, gt=0)
-    betas: tuple[float, float] = spec((0.5, 0.9), ge=0, lt=1)  # Bellemare 2017, Alg. 1: β1 = 0.5, β2 = 0.9
+    h_dim: int = bounded(256, gt=0)  # Bellemare 2017, §5: the critic h maps into R^256
+    gp_weight: float = bounded(10.0, ge=0)  # Bellemare 2017, Alg. 1: λ = 10
+    n_critic: int = bounded(5, gt=0)  # Bellemare 2017, Alg. 1 follows WGAN-GP: n_critic = 5
+    lr_gen: float = bounded(1e-4, gt=0)  # Bellemare 2017, Alg. 1: Adam α = 1e-4
+    lr_critic: float = bounded(1e-4, gt=0)
+    betas: tuple[float, float] = bounded((0.5, 0.9), ge=0, lt=1)  # Bellemare 2017, Alg. 1: β1 = 0.5, β2 = 0.9
 
 
 def _norm(v: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def energy_distance(a: torch.Tensor, a2: torch.Tensor, b: torch.Tensor, b2: torc
     return (_norm(a - b) + _norm(a2 - b2) - _norm(a - a2) - _norm(b - b2)).mean()
 
 
-@register_model("cramer")
+@register_family("cramer")
 class CramerGAN(AdversarialModel):
     """Generator G: z ~ N(0, I) -> x; critic h: x -> R^h_dim without batch norm (the penalty is per sample)."""
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gm.models._adversarial import AdversarialConfig, AdversarialModel
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 LOG2 = math.log(2.0)
 INF = math.inf
@@ -171,7 +171,7 @@ class FGANConfig(AdversarialConfig):
     # with no real/fake target to smooth.
 
 
-@register_model("fgan")
+@register_family("fgan")
 class FGAN(AdversarialModel):
     """Critic V: x -> R, with T = g_f(V); critic maximises F = E_P[T] − E_Q[f*(T)] ≤ D_f(P‖Q)."""
 

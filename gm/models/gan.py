@@ -8,18 +8,18 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.models._adversarial import AdversarialConfig, AdversarialModel
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 
 @dataclass(frozen=True)
 class GANConfig(AdversarialConfig):
     loss: Literal["non_saturating", "minimax"] = "non_saturating"  # Goodfellow 2014, §3: -log D(G(z)) in practice
-    lr_gen: float = spec(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
-    lr_critic: float = spec(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
-    betas: tuple[float, float] = spec((0.5, 0.999), ge=0, lt=1)  # DCGAN, β1 = 0.5
-    n_critic: int = spec(1, gt=0)  # Goodfellow 2014, Alg. 1: k = 1 discriminator step per generator step
+    lr_gen: float = bounded(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
+    lr_critic: float = bounded(2e-4, gt=0)  # DCGAN, Adam lr 2e-4
+    betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)  # DCGAN, β1 = 0.5
+    n_critic: int = bounded(1, gt=0)  # Goodfellow 2014, Alg. 1: k = 1 discriminator step per generator step
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
@@ -51,7 +51,7 @@ def generator_loss(fake_logits: torch.Tensor, kind: Literal["non_saturating", "m
     raise ValueError(f"unknown GAN generator loss {kind!r}")
 
 
-@register_model("gan")
+@register_family("gan")
 class GAN(AdversarialModel):
     """Generator G: z ~ N(0, I) -> x; discriminator D: x -> logit of P(real)."""
 

@@ -20,22 +20,22 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from gm.config import ConfigError, spec
+from gm.core.config import ConfigError, bounded
 from gm.models.pixelcnn import AutoregressiveModel, ChannelGrid
 from gm.nn.gated_pixelcnn import GatedPixelCNN
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 
 @dataclass(frozen=True)
 class GatedPixelCNNConfig:
-    hidden: int = spec(64, gt=0)  # p, feature maps per stack (the gates see 2p)
-    depth: int = spec(4, gt=0)  # gated layers, the first included (vectors: MADE hidden layers)
-    kernel: int = spec(7, gt=0)  # odd >= 3; the first layer's n×n (vertical (n//2+1)×n, horizontal 1×n//2)
-    block_kernel: int = spec(3, gt=0)  # odd; later layers (2016b, Fig. 2 draws n×n; 3 as in 2016a's blocks)
+    hidden: int = bounded(64, gt=0)  # p, feature maps per stack (the gates see 2p)
+    depth: int = bounded(4, gt=0)  # gated layers, the first included (vectors: MADE hidden layers)
+    kernel: int = bounded(7, gt=0)  # odd >= 3; the first layer's n×n (vertical (n//2+1)×n, horizontal 1×n//2)
+    block_kernel: int = bounded(3, gt=0)  # odd; later layers (2016b, Fig. 2 draws n×n; 3 as in 2016a's blocks)
     conditional: bool = False  # p(x | y): needs labelled data (data.num_classes)
-    components: int = spec(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
-    lr: float = spec(1e-3, gt=0)  # Adam
-    weight_decay: float = spec(0.0, ge=0)
+    components: int = bounded(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
+    lr: float = bounded(1e-3, gt=0)  # Adam
+    weight_decay: float = bounded(0.0, ge=0)
 
     def validate(self):
         if self.kernel % 2 != 1 or self.kernel < 3:
@@ -44,7 +44,7 @@ class GatedPixelCNNConfig:
             raise ConfigError(f"block_kernel: expected an odd kernel size, got {self.block_kernel}")
 
 
-@register_model("gated_pixelcnn")
+@register_family("gated_pixelcnn")
 class GatedPixelCNNModel(AutoregressiveModel):
     """Gated PixelCNN (2016b): vertical + horizontal stacks, no blind spot, optional class labels."""
 

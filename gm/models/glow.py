@@ -23,8 +23,8 @@ from typing import Literal
 
 import torch
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import (
     ActNorm,
@@ -38,23 +38,23 @@ from gm.flows.image import (
 )
 from gm.models._flow import FlowDensityModel, resolve_arch
 from gm.nn.mlp import Activation, mlp
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["Glow", "GlowConfig"]
 
 
 @dataclass(frozen=True)
 class GlowConfig(DequantizationConfig):
-    levels: int = spec(2, gt=0)  # L; the paper uses 3 on 32×32 CIFAR-10, 8×8 digits allow at most 3
-    steps_per_level: int = spec(8, gt=0)  # K; the paper's 32 (CIFAR-10) is far more than 8×8 data needs
-    hidden: int = spec(64, gt=0)  # channels (units) of each coupling net; the paper's 512 suits 32×32 images
-    depth: int = spec(2, gt=0)  # hidden layers of each coupling net (the paper: 3×3 conv, 1×1 conv)
+    levels: int = bounded(2, gt=0)  # L; the paper uses 3 on 32×32 CIFAR-10, 8×8 digits allow at most 3
+    steps_per_level: int = bounded(8, gt=0)  # K; the paper's 32 (CIFAR-10) is far more than 8×8 data needs
+    hidden: int = bounded(64, gt=0)  # channels (units) of each coupling net; the paper's 512 suits 32×32 images
+    depth: int = bounded(2, gt=0)  # hidden layers of each coupling net (the paper: 3×3 conv, 1×1 conv)
     activation: Activation = "relu"  # of the vector fallback's MLPs (the conv nets use ReLU, as the paper)
     coupling: Literal["affine", "additive"] = "affine"  # §3.3; "additive" is the paper's NICE ablation (§5.2)
     scale: Literal["sigmoid", "tanh"] = "sigmoid"  # affine scale: sigmoid(raw + 2) (Glow's code) or exp(2·tanh)
     learned_prior: bool = True  # N(μ(h), σ(h)) for each factored-out half, from the kept half (Glow's code)
     arch: Literal["auto", "multiscale", "vector"] = "auto"  # auto: multiscale for images, vector otherwise
-    lr: float = spec(1e-3, gt=0)  # Adam; the paper's code (openai/glow train.py) defaults to lr 1e-3
+    lr: float = bounded(1e-3, gt=0)  # Adam; the paper's code (openai/glow train.py) defaults to lr 1e-3
 
 
 def vector_step(dim: int, c: GlowConfig) -> list:
@@ -79,7 +79,7 @@ def image_step(channels: int, height: int, width: int, c: GlowConfig) -> list:
     return [ActNorm(channels), InvConv1x1(channels), coupling]
 
 
-@register_model("glow")
+@register_family("glow")
 class Glow(FlowDensityModel):
     """Glow on images (multi-scale) or on vectors (its step, flattened); exact log p(x)."""
 

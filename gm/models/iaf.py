@@ -20,30 +20,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import ActNorm
 from gm.flows.layers import Flow, FlowSequence, IAFLayer, alternating_orders
 from gm.models._flow import FlowDensityModel
 from gm.nn.mlp import Activation
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["IAF", "IAFConfig"]
 
 
 @dataclass(frozen=True)
 class IAFConfig(DequantizationConfig):
-    n_layers: int = spec(4, gt=0)  # IAF steps, orderings reversed in turn
-    hidden: int = spec(64, gt=0)  # units per MADE hidden layer
-    depth: int = spec(2, gt=0)  # hidden layers per MADE (Kingma 2016 use two-layer MADEs)
+    n_layers: int = bounded(4, gt=0)  # IAF steps, orderings reversed in turn
+    hidden: int = bounded(64, gt=0)  # units per MADE hidden layer
+    depth: int = bounded(2, gt=0)  # hidden layers per MADE (Kingma 2016 use two-layer MADEs)
     activation: Activation = "relu"
     gate_bias: float = 2.0  # initial s, so σ = sigmoid(2) ≈ 0.88: near the identity (§4 advises +1 or +2)
     actnorm: bool = True  # an ActNorm after each step: the gated update alone cannot expand volume
-    lr: float = spec(1e-3, gt=0)  # Adam
+    lr: float = bounded(1e-3, gt=0)  # Adam
 
 
-@register_model("iaf")
+@register_family("iaf")
 class IAF(FlowDensityModel):
     """An IAF from z ~ N(0, I) to data: sampling in one pass per step, log p(x) in D passes per step."""
 

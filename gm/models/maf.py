@@ -20,26 +20,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.layers import Flow, FlowSequence, MAFLayer, alternating_orders
 from gm.models._flow import FlowDensityModel
 from gm.nn.mlp import Activation
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["MAF", "MAFConfig", "BatchNormFlow"]
 
 
 @dataclass(frozen=True)
 class MAFConfig(DequantizationConfig):
-    n_layers: int = spec(5, gt=0)  # MADE steps (the paper's "MAF 5"; also MAF 10)
-    hidden: int = spec(100, gt=0)  # units per MADE hidden layer (the paper's UCI models: 100)
-    depth: int = spec(2, gt=0)  # hidden layers per MADE (the paper: 1 or 2)
+    n_layers: int = bounded(5, gt=0)  # MADE steps (the paper's "MAF 5"; also MAF 10)
+    hidden: int = bounded(100, gt=0)  # units per MADE hidden layer (the paper's UCI models: 100)
+    depth: int = bounded(2, gt=0)  # hidden layers per MADE (the paper: 1 or 2)
     activation: Activation = "relu"
-    log_scale_bound: float = spec(3.0, gt=0)  # α = b·tanh(α̂/b): each step scales by at most exp(±b)
+    log_scale_bound: float = bounded(3.0, gt=0)  # α = b·tanh(α̂/b): each step scales by at most exp(±b)
     batch_norm: bool = False  # the paper's batch norm between steps; off keeps each row's density batch-free
-    lr: float = spec(1e-3, gt=0)  # Adam (the paper's optimiser); 1e-3 suits the short runs here
+    lr: float = bounded(1e-3, gt=0)  # Adam (the paper's optimiser); 1e-3 suits the short runs here
 
 
 class BatchNormFlow(Flow):
@@ -83,7 +83,7 @@ class BatchNormFlow(Flow):
         return u, (self.log_gamma - log_std).sum().expand(x.shape[:-1])
 
 
-@register_model("maf")
+@register_family("maf")
 class MAF(FlowDensityModel):
     """A MAF from data x to u ~ N(0, I): density in one pass, sampling in D passes per step."""
 

@@ -21,25 +21,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import AdditiveCoupling
 from gm.models._flow import FlowDensityModel
-from gm.nn.mlp import Activation, mlp, normal_log_prob, rand, randn
-from gm.registry import register_model
+from gm.nn.mlp import Activation, mlp
+from gm.core.numerics import normal_log_prob, rand, randn
+from gm.core.registry import register_family
 
 __all__ = ["NICE", "NICEConfig", "logistic_log_prob"]
 
 
 @dataclass(frozen=True)
 class NICEConfig(DequantizationConfig):
-    n_layers: int = spec(4, gt=0)  # additive couplings, partitions alternating (§5.1: four)
-    hidden: int = spec(256, gt=0)  # width of each coupling MLP (§5.1: 1000 units for MNIST)
-    depth: int = spec(4, gt=0)  # hidden layers of each coupling MLP (§5.1: 5 for MNIST)
+    n_layers: int = bounded(4, gt=0)  # additive couplings, partitions alternating (§5.1: four)
+    hidden: int = bounded(256, gt=0)  # width of each coupling MLP (§5.1: 1000 units for MNIST)
+    depth: int = bounded(4, gt=0)  # hidden layers of each coupling MLP (§5.1: 5 for MNIST)
     activation: Activation = "relu"  # §5.1: rectified linear units
     prior: Literal["gaussian", "logistic"] = "gaussian"  # p_H; the paper's MNIST/SVHN/CIFAR runs use logistic
-    lr: float = spec(1e-3, gt=0)  # §5.1: Adam, lr 1e-3 (with β2 = 0.01, ε = 1e-4; we keep Adam's defaults)
+    lr: float = bounded(1e-3, gt=0)  # §5.1: Adam, lr 1e-3 (with β2 = 0.01, ε = 1e-4; we keep Adam's defaults)
 
 
 def logistic_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ class DiagonalScaling(nn.Module):
         return z * torch.exp(-self.log_scale)
 
 
-@register_model("nice")
+@register_family("nice")
 class NICE(FlowDensityModel):
     """Additive couplings and a diagonal scaling from data x to a factorised prior; exact log p(x)."""
 

@@ -42,14 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec
+from gm.core.config import ConfigError, bounded
+from gm.data.dataspec import DataSpec
 from gm.flows import MADE
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.mlp import categorical, check_unconditional, label_count, normal_log_prob, randn
+from gm.nn.mlp import check_unconditional, label_count
+from gm.core.numerics import categorical, normal_log_prob, randn
 from gm.nn.observation import bin_centres, levels_of
 from gm.nn.pixelcnn import PixelCNN
-from gm.registry import register_model
+from gm.core.registry import register_family
+from gm.core.numerics import bits_per_dim
 
 __all__ = ["PixelCNNConfig", "PixelCNNModel", "AutoregressiveModel", "ChannelGrid", "MADEMixture",
            "is_discrete_image"]
@@ -57,14 +59,14 @@ __all__ = ["PixelCNNConfig", "PixelCNNModel", "AutoregressiveModel", "ChannelGri
 
 @dataclass(frozen=True)
 class PixelCNNConfig:
-    hidden: int = spec(64, gt=0)  # feature channels, the 2h of 2016a's Fig. 5 (blocks narrow to h inside)
-    depth: int = spec(4, ge=0)  # mask-B residual blocks (vectors: MADE hidden layers, at least 1)
-    kernel: int = spec(7, gt=0)  # odd; the mask-A first layer (2016a, §3.5: 7×7)
-    block_kernel: int = spec(3, gt=0)  # odd; the mask-B conv of each block (2016a, Fig. 5: 3×3)
+    hidden: int = bounded(64, gt=0)  # feature channels, the 2h of 2016a's Fig. 5 (blocks narrow to h inside)
+    depth: int = bounded(4, ge=0)  # mask-B residual blocks (vectors: MADE hidden layers, at least 1)
+    kernel: int = bounded(7, gt=0)  # odd; the mask-A first layer (2016a, §3.5: 7×7)
+    block_kernel: int = bounded(3, gt=0)  # odd; the mask-B conv of each block (2016a, Fig. 5: 3×3)
     conditional: bool = False  # class-conditional p(x | y): a label bias in every layer (2016b, Eq. 4)
-    components: int = spec(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
-    lr: float = spec(1e-3, gt=0)  # Adam
-    weight_decay: float = spec(0.0, ge=0)
+    components: int = bounded(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
+    lr: float = bounded(1e-3, gt=0)  # Adam
+    weight_decay: float = bounded(0.0, ge=0)
 
     def validate(self):
         for name in ("kernel", "block_kernel"):
@@ -231,7 +233,7 @@ class AutoregressiveModel(GenerativeModel):
         labels = self._check_condition(batch.y, batch.x.shape[0]) if self.n_classes else None
         nll = -self.body.log_prob(batch.x, labels).mean()
         # Data space: log p_data = log p_model + log_det_to_model, i.e. log P(v) for discrete data.
-        bits = (nll.item() - self.data.log_det_to_model) / (self.data.dim * math.log(2))
+        bits = bits_per_dim(nll.item() - self.data.log_det_to_model, self.data.dim)
         return ModelOutput(nll, {"nll": nll.item(), "bits_per_dim": bits})
 
     @contextlib.contextmanager
@@ -263,7 +265,7 @@ class AutoregressiveModel(GenerativeModel):
             return self.body.sample(n, self.data.shape, generator, labels)
 
 
-@register_model("pixelcnn")
+@register_family("pixelcnn")
 class PixelCNNModel(AutoregressiveModel):
     """PixelCNN (2016a): mask-A 7×7 conv, mask-B residual blocks, a softmax over the levels."""
 

@@ -34,28 +34,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.models.pixelcnn import AutoregressiveModel
 from gm.nn.gated_pixelcnn import PixelCNNPP
-from gm.nn.mlp import categorical
+from gm.core.numerics import categorical
 from gm.nn.observation import (bin_centres, discretized_logistic_mixture_log_prob, levels_of,
                                sample_discretized_logistic_mixture)
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["PixelCNNPPConfig", "PixelCNNPPModel", "LogisticMixturePixels"]
 
 
 @dataclass(frozen=True)
 class PixelCNNPPConfig:
-    hidden: int = spec(32, gt=0)  # filters per stream (the paper's code: 160 on CIFAR-10); 18 blocks at the defaults
-    depth: int = spec(2, gt=0)  # gated resnet blocks per resolution (paper: 5); vectors: MADE hidden layers
-    resolutions: int = spec(2, gt=0)  # §2.3: 8×8 -> 4×4 -> 8×8 (paper: 3, 32 -> 16 -> 8)
-    components: int = spec(5, gt=0)  # K logistics per pixel (paper: 10; 17 levels need fewer)
-    dropout: float = spec(0.5, ge=0, lt=1)  # §2.5, on each block's residual path (paper's code: 0.5)
+    hidden: int = bounded(32, gt=0)  # filters per stream (the paper's code: 160 on CIFAR-10); 18 blocks at the defaults
+    depth: int = bounded(2, gt=0)  # gated resnet blocks per resolution (paper: 5); vectors: MADE hidden layers
+    resolutions: int = bounded(2, gt=0)  # §2.3: 8×8 -> 4×4 -> 8×8 (paper: 3, 32 -> 16 -> 8)
+    components: int = bounded(5, gt=0)  # K logistics per pixel (paper: 10; 17 levels need fewer)
+    dropout: float = bounded(0.5, ge=0, lt=1)  # §2.5, on each block's residual path (paper's code: 0.5)
     conditional: bool = False  # p(x | y): a label bias in every block (2016b, Eq. 4)
-    lr: float = spec(1e-3, gt=0)  # Adam (the paper's code: 1e-3, decayed)
-    weight_decay: float = spec(0.0, ge=0)
+    lr: float = bounded(1e-3, gt=0)  # Adam (the paper's code: 1e-3, decayed)
+    weight_decay: float = bounded(0.0, ge=0)
 
 
 def params_per_pixel(channels: int, components: int) -> int:
@@ -137,7 +137,7 @@ class LogisticMixturePixels(nn.Module):
         return xc
 
 
-@register_model("pixelcnnpp")
+@register_family("pixelcnnpp")
 class PixelCNNPPModel(AutoregressiveModel):
     """PixelCNN++: discretized logistic mixtures, whole-pixel conditioning, down/up-sampling with
     short-cuts, gated resnet blocks with dropout; optional class labels."""

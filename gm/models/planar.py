@@ -31,13 +31,13 @@ from typing import Literal
 
 import torch
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import ActNorm
 from gm.flows.layers import Flow, FlowSequence, PlanarFlow, RadialFlow
 from gm.models._flow import FlowDensityModel
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["PlanarDensity", "PlanarConfig", "InvertibleRadialFlow"]
 
@@ -45,13 +45,13 @@ __all__ = ["PlanarDensity", "PlanarConfig", "InvertibleRadialFlow"]
 @dataclass(frozen=True)
 class PlanarConfig(DequantizationConfig):
     kind: Literal["planar", "radial"] = "planar"  # Eq. 10 or Eq. 14
-    n_layers: int = spec(16, gt=0)  # K steps; R&M 2015 fit 2-D energies with K = 2 to 32 (Fig. 3)
+    n_layers: int = bounded(16, gt=0)  # K steps; R&M 2015 fit 2-D energies with K = 2 to 32 (Fig. 3)
     actnorm: bool = True  # a data-dependent per-dimension affine at the data end (see the module doc)
-    lr: float = spec(1e-2, gt=0)  # Adam; the steps have few parameters each, so a large step is safe
+    lr: float = bounded(1e-2, gt=0)  # Adam; the steps have few parameters each, so a large step is safe
     # Planar and radial steps have no networks: these two are accepted so the capacity knobs every
     # family shares (tests/test_models.SMALL) build, and are ignored.
-    hidden: int | None = spec(None, gt=0)
-    depth: int | None = spec(None, gt=0)
+    hidden: int | None = bounded(None, gt=0)
+    depth: int | None = bounded(None, gt=0)
 
 
 class InvertibleRadialFlow(RadialFlow):
@@ -79,7 +79,7 @@ class InvertibleRadialFlow(RadialFlow):
         return z, -log_det.squeeze(-1)
 
 
-@register_model("planar")
+@register_family("planar")
 class PlanarDensity(FlowDensityModel):
     """K planar (or radial) steps from z ~ N(0, I) to data; log p(x) by exact inversion."""
 

@@ -38,8 +38,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import (
     ActNorm,
@@ -55,7 +55,7 @@ from gm.flows.layers import Flow
 from gm.models._flow import FlowDensityModel, resolve_arch
 from gm.models.base import StepGroup
 from gm.nn.mlp import Activation, mlp
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["RealNVP", "RealNVPConfig"]
 
@@ -67,15 +67,15 @@ FINAL_COUPLINGS = 4  # checkerboard couplings of the last scale (§3.6)
 @dataclass(frozen=True)
 class RealNVPConfig(DequantizationConfig):
     arch: Literal["auto", "multiscale", "vector"] = "auto"  # auto: multiscale (§3.6) for images, else vector
-    scales: int = spec(2, gt=0)  # §3.6, S - 1 squeezes; the paper's CIFAR-10 model downscales once (§4.1)
-    n_layers: int = spec(8, gt=0)  # vector arch: couplings, even/odd masks alternating
-    hidden: int = spec(64, gt=0)  # feature maps (units) of each s/t net; §4.1: 64 for CIFAR-10
-    depth: int = spec(2, gt=0)  # hidden layers of each s/t net (§4.1: ResNets of 2-8 residual blocks)
+    scales: int = bounded(2, gt=0)  # §3.6, S - 1 squeezes; the paper's CIFAR-10 model downscales once (§4.1)
+    n_layers: int = bounded(8, gt=0)  # vector arch: couplings, even/odd masks alternating
+    hidden: int = bounded(64, gt=0)  # feature maps (units) of each s/t net; §4.1: 64 for CIFAR-10
+    depth: int = bounded(2, gt=0)  # hidden layers of each s/t net (§4.1: ResNets of 2-8 residual blocks)
     activation: Activation = "relu"  # of the vector arch's MLPs (conv nets: ReLU, as the paper's ResNets)
-    scale_factor: float = spec(2.0, gt=0)  # s = scale_factor·tanh(raw) (s of Eq. 9): |s| <= scale_factor
+    scale_factor: float = bounded(2.0, gt=0)  # s = scale_factor·tanh(raw) (s of Eq. 9): |s| <= scale_factor
     actnorm: bool = True  # ActNorm after each coupling (Glow §3.1) in place of the paper's batch norm (§3.7)
-    lr: float = spec(1e-3, gt=0)  # §4.1: ADAM with default hyperparameters
-    weight_decay: float = spec(0.0, ge=0)  # §4.1: L2 5e-5 on the scale weights; 0 leaves toys unregularised
+    lr: float = bounded(1e-3, gt=0)  # §4.1: ADAM with default hyperparameters
+    weight_decay: float = bounded(0.0, ge=0)  # §4.1: L2 5e-5 on the scale weights; 0 leaves toys unregularised
 
 
 def coupling(mask: torch.Tensor, net: nn.Module, c: RealNVPConfig) -> list[Flow]:
@@ -116,7 +116,7 @@ def vector_coupling(mask: torch.Tensor, c: RealNVPConfig) -> list[Flow]:
     return coupling(mask, net, c)
 
 
-@register_model("realnvp")
+@register_family("realnvp")
 class RealNVP(FlowDensityModel):
     """RealNVP on images (multi-scale, §3.6) or on vectors (MLP couplings); exact log p(x)."""
 

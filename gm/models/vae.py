@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.models._latent import (
     LatentConfig,
     LatentVariableModel,
@@ -22,17 +22,17 @@ from gm.models._latent import (
     gaussian_posterior_sample,
 )
 from gm.models.base import Batch, ModelOutput, StepGroup
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["VAE", "VAEConfig", "gaussian_kl"]
 
 
 @dataclass(frozen=True)
 class VAEConfig(LatentConfig):
-    beta: float = spec(1.0, ge=0)  # β-VAE (Higgins 2017); β = 1 is the ELBO of Kingma & Welling 2014
+    beta: float = bounded(1.0, ge=0)  # β-VAE (Higgins 2017); β = 1 is the ELBO of Kingma & Welling 2014
 
 
-@register_model("vae")
+@register_family("vae")
 class VAE(LatentVariableModel):
     """Gaussian-posterior VAE on flattened vectors; `log_prob` is the IWAE bound L_k with k = `iwae_k`."""
 

@@ -26,13 +26,13 @@ from typing import Literal
 
 import torch
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.flows import FlowSequence, iaf_flows, maf_flows, planar_flows, radial_flows
 from gm.models._latent import LatentVariableModel, encoder_net, gaussian_posterior_sample
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.vae import VAEConfig
-from gm.nn.mlp import normal_log_prob, randn
-from gm.registry import register_model
+from gm.core.numerics import normal_log_prob, randn
+from gm.core.registry import register_family
 
 __all__ = ["VAEFlow", "VAEFlowConfig"]
 
@@ -43,13 +43,13 @@ PriorFlow = Literal["none", "maf"]
 @dataclass(frozen=True)
 class VAEFlowConfig(VAEConfig):
     posterior_flow: PosteriorFlow = "planar"  # Rezende & Mohamed 2015; "iaf": Kingma et al. 2016
-    posterior_layers: int = spec(4, ge=0)  # K flow steps; R&M 2015 report K from 2 up to 80, 0 = plain VAE
+    posterior_layers: int = bounded(4, ge=0)  # K flow steps; R&M 2015 report K from 2 up to 80, 0 = plain VAE
     amortized: bool = True  # planar/radial parameters from the encoder per data point (R&M 2015 §4.2)
-    context_dim: int = spec(16, ge=0)  # the encoder's context h fed to every IAF step (Kingma 2016); 0: none
+    context_dim: int = bounded(16, ge=0)  # the encoder's context h fed to every IAF step (Kingma 2016); 0: none
     prior_flow: PriorFlow = "none"  # "maf": N(0, I) through a MAF, an exact learned prior density
-    prior_layers: int = spec(2, ge=0)  # MAF steps of the prior
-    flow_hidden: int = spec(64, gt=0)  # width of each MADE hidden layer (IAF posterior, MAF prior)
-    flow_depth: int = spec(2, gt=0)  # hidden layers per MADE (Kingma 2016 use two-layer MADEs)
+    prior_layers: int = bounded(2, ge=0)  # MAF steps of the prior
+    flow_hidden: int = bounded(64, gt=0)  # width of each MADE hidden layer (IAF posterior, MAF prior)
+    flow_depth: int = bounded(2, gt=0)  # hidden layers per MADE (Kingma 2016 use two-layer MADEs)
 
 
 def build_posterior_flow(c: VAEFlowConfig) -> FlowSequence:
@@ -71,7 +71,7 @@ def build_prior_flow(c: VAEFlowConfig) -> FlowSequence:
     return maf_flows(c.z_dim, c.prior_layers, (c.flow_hidden,) * c.flow_depth, 0, c.activation)
 
 
-@register_model("vae_flow")
+@register_family("vae_flow")
 class VAEFlow(LatentVariableModel):
     """Gaussian VAE whose posterior q_K(z|x) (and optionally prior) is a normalizing flow;
     `log_prob` is the IWAE bound L_k (k = `iwae_k`) under the flow posterior."""

@@ -35,13 +35,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from gm.config import ConfigError, spec
-from gm.data.spec import DataSpec, halvable_image
+from gm.core.config import ConfigError, bounded
+from gm.data.dataspec import DataSpec, halvable_image
 from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, label_count, mlp
 from gm.nn.observation import ObservationName, make_observation
 from gm.nn.pixelcnn import PixelCNN
-from gm.registry import register_model
+from gm.core.registry import register_family
+from gm.core.numerics import bits_per_dim
+from gm.core.dist import world_size
 
 __all__ = ["VQVAE", "VQVAEConfig", "nearest_codes", "straight_through", "commitment_loss", "codebook_loss",
            "ema_codebook_update", "perplexity"]
@@ -50,28 +52,28 @@ __all__ = ["VQVAE", "VQVAEConfig", "nearest_codes", "straight_through", "commitm
 @dataclass(frozen=True)
 class VQVAEConfig:
     arch: Literal["auto", "conv", "mlp"] = "auto"  # auto: conv for (C, H, W) images, mlp for vectors (toys)
-    hidden: int = spec(64, gt=0)  # conv channels or MLP width (paper §4.1: 256 channels)
-    depth: int = spec(2, gt=0)  # conv: residual blocks per net (paper §4.1: 2); mlp: hidden layers
+    hidden: int = bounded(64, gt=0)  # conv channels or MLP width (paper §4.1: 256 channels)
+    depth: int = bounded(2, gt=0)  # conv: residual blocks per net (paper §4.1: 2); mlp: hidden layers
     activation: Activation = "relu"  # MLP nets only; the conv nets use ReLU (paper §4.1)
-    downsample: int = spec(1, ge=0)  # conv: stride-2 layers (paper: 2); 8×8 digits -> 4×4 codes, 28×28 with 2 -> 7×7
-    mlp_codes: int = spec(2, gt=0)  # mlp: the code grid is 1 × mlp_codes
-    code_dim: int = spec(16, gt=0)  # D, the dimension of each code vector
-    codebook_size: int = spec(64, gt=0)  # K (the paper uses 512 on CIFAR-10/ImageNet; tiny data needs fewer)
-    beta: float = spec(0.25, ge=0)  # commitment weight β; §3.2: "β = 0.25" in all experiments
+    downsample: int = bounded(1, ge=0)  # conv: stride-2 layers (paper: 2); 8×8 digits -> 4×4 codes, 28×28 with 2 -> 7×7
+    mlp_codes: int = bounded(2, gt=0)  # mlp: the code grid is 1 × mlp_codes
+    code_dim: int = bounded(16, gt=0)  # D, the dimension of each code vector
+    codebook_size: int = bounded(64, gt=0)  # K (the paper uses 512 on CIFAR-10/ImageNet; tiny data needs fewer)
+    beta: float = bounded(0.25, ge=0)  # commitment weight β; §3.2: "β = 0.25" in all experiments
     codebook: Literal["ema", "loss"] = "ema"  # EMA updates (App. A.1) or the codebook loss term of Eq. 3
-    ema_decay: float = spec(0.99, gt=0, lt=1)  # γ of App. A.1 (0.99)
-    ema_eps: float = spec(1e-5, gt=0)  # Laplace smoothing of the EMA counts (Sonnet's VectorQuantizerEMA)
+    ema_decay: float = bounded(0.99, gt=0, lt=1)  # γ of App. A.1 (0.99)
+    ema_eps: float = bounded(1e-5, gt=0)  # Laplace smoothing of the EMA counts (Sonnet's VectorQuantizerEMA)
     data_init: bool = True  # set the codebook to the first training batch's encodings, to avoid early collapse
     decoder: ObservationName = "gaussian"  # p(x|z_q); discrete data: logistic or categorical give exact bits/dim
-    decoder_components: int = spec(1, gt=0)  # logistic mixture components per dimension
+    decoder_components: int = bounded(1, gt=0)  # logistic mixture components per dimension
     min_log_std: float = -7.0  # floor of the Gaussian decoder's log σ (as in LatentConfig)
     sample_noise: bool = True  # sample x ~ p(x|z_q); False returns the decoder's mean
-    lr: float = spec(1e-3, gt=0)  # encoder/decoder Adam lr (paper: 2e-4 over 250k steps; our runs are short)
-    prior_hidden: int = spec(64, gt=0)  # PixelCNN channels
-    prior_blocks: int = spec(4, ge=0)  # PixelCNN mask-B residual blocks
-    prior_kernel: int = spec(7, gt=0)  # odd; the mask-A first layer's kernel (PixelRNN §3.5: 7×7)
-    prior_lr: float = spec(1e-3, gt=0)
-    prior_start: int = spec(0, ge=0)  # autoencoder steps before the prior trains; 0 = alongside from the start
+    lr: float = bounded(1e-3, gt=0)  # encoder/decoder Adam lr (paper: 2e-4 over 250k steps; our runs are short)
+    prior_hidden: int = bounded(64, gt=0)  # PixelCNN channels
+    prior_blocks: int = bounded(4, ge=0)  # PixelCNN mask-B residual blocks
+    prior_kernel: int = bounded(7, gt=0)  # odd; the mask-A first layer's kernel (PixelRNN §3.5: 7×7)
+    prior_lr: float = bounded(1e-3, gt=0)
+    prior_start: int = bounded(0, ge=0)  # autoencoder steps before the prior trains; 0 = alongside from the start
     conditional: bool = False  # a class-conditional prior p(codes | y); the label is a bias in every PixelCNN layer
 
     def validate(self):
@@ -139,10 +141,6 @@ def perplexity(codes: torch.Tensor, k: int) -> torch.Tensor:
     return entropy.exp()
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 # --------------------------------------------------------------------------- backbones
 
 
@@ -196,7 +194,7 @@ def conv_decoder(code_dim: int, hidden: int, out_channels: int, downsample: int,
 # over a posterior density, and VQ-VAE needs none of them: its decoder reads a code grid, its prior is
 # a PixelCNN over discrete codes, and its bound is deterministic. Only the observation head and the
 # clamping helpers are shared, and those are imported directly.
-@register_model("vqvae")
+@register_family("vqvae")
 class VQVAE(GenerativeModel):
     """VQ-VAE with an EMA or loss-trained codebook and a PixelCNN prior. `log_prob` is the
     deterministic-posterior ELBO log p(x | z_q(x)) + log p(z_q(x)), a loose lower bound."""
@@ -295,7 +293,7 @@ class VQVAE(GenerativeModel):
         else:
             new = flat[torch.randint(n, (k,), device=flat.device)]
             new = new + 1e-3 * (new.std() + 1e-8) * torch.randn_like(new)
-        if _world_size() > 1:
+        if world_size() > 1:
             dist.broadcast(new, src=0)
         self.codebook.data.copy_(new)
         if self.config.codebook == "ema":
@@ -350,7 +348,7 @@ class VQVAE(GenerativeModel):
         codes = self.codes(batch.x)  # (B, h, w), detached
         nll = -self.prior.log_prob(codes, self._labels(batch)).mean()
         return ModelOutput(nll, {"prior_active": 1.0, "prior_nll": nll.item(),
-                                 "prior_bits_per_code": nll.item() / (codes[0].numel() * math.log(2))})
+                                 "prior_bits_per_code": bits_per_dim(nll.item(), codes[0].numel())})
 
     def after_step(self, group: str) -> None:
         if group != "vqvae":
@@ -359,7 +357,7 @@ class VQVAE(GenerativeModel):
         if self._pending_ema is not None:
             n, sums = self._pending_ema
             self._pending_ema = None
-            if _world_size() > 1:  # the statistics of the whole global batch, so all workers' codebooks agree
+            if world_size() > 1:  # the statistics of the whole global batch, so all workers' codebooks agree
                 dist.all_reduce(n)
                 dist.all_reduce(sums)
             count, total, codebook = ema_codebook_update(self.ema_count, self.ema_sum, n, sums,

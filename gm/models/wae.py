@@ -22,13 +22,13 @@ from typing import Literal
 
 import torch
 
-from gm.config import spec
-from gm.data.spec import DataSpec
+from gm.core.config import bounded
+from gm.data.dataspec import DataSpec
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss, generator_loss
 from gm.nn.mlp import clamp_to_model_space, mlp
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["WAE", "WAEConfig", "IMQ_SCALES", "imq_kernel", "mmd_unbiased"]
 
@@ -41,13 +41,13 @@ DEFAULT_LAM = {"mmd": 10.0, "gan": 1.0}  # Tolstikhin 2018, §4 (MNIST): λ = 10
 @dataclass(frozen=True)
 class WAEConfig(LatentConfig):
     penalty: Literal["mmd", "gan"] = "mmd"  # D_Z: WAE-MMD (Alg. 2) or WAE-GAN (Alg. 1)
-    lam: float | None = spec(None, gt=0)  # λ of Eq. 4; None: the paper's MNIST value (10 MMD, 1 GAN)
-    mmd_scales: tuple[float, ...] = spec(IMQ_SCALES, gt=0)  # IMQ kernel scales, multiples of 2·d_z·σ²_z
-    disc_hidden: int = spec(512, gt=0)  # WAE-GAN adversary (Tolstikhin 2018, §4, MNIST): 512 units per layer
-    disc_depth: int = spec(4, gt=0)  # ... and 4 hidden layers
-    lr_disc: float = spec(5e-4, gt=0)  # Tolstikhin 2018, §4: Adam α = 5e-4 for the adversary (lr = 1e-3 for E, G)
-    betas: tuple[float, float] = spec((0.5, 0.999), ge=0, lt=1)  # Tolstikhin 2018, §4: Adam β1 = 0.5, β2 = 0.999
-    n_disc: int = spec(1, gt=0)  # adversary steps per iteration (Alg. 1: one)
+    lam: float | None = bounded(None, gt=0)  # λ of Eq. 4; None: the paper's MNIST value (10 MMD, 1 GAN)
+    mmd_scales: tuple[float, ...] = bounded(IMQ_SCALES, gt=0)  # IMQ kernel scales, multiples of 2·d_z·σ²_z
+    disc_hidden: int = bounded(512, gt=0)  # WAE-GAN adversary (Tolstikhin 2018, §4, MNIST): 512 units per layer
+    disc_depth: int = bounded(4, gt=0)  # ... and 4 hidden layers
+    lr_disc: float = bounded(5e-4, gt=0)  # Tolstikhin 2018, §4: Adam α = 5e-4 for the adversary (lr = 1e-3 for E, G)
+    betas: tuple[float, float] = bounded((0.5, 0.999), ge=0, lt=1)  # Tolstikhin 2018, §4: Adam β1 = 0.5, β2 = 0.999
+    n_disc: int = bounded(1, gt=0)  # adversary steps per iteration (Alg. 1: one)
 
     @property
     def penalty_weight(self) -> float:
@@ -84,7 +84,7 @@ def mmd_unbiased(x: torch.Tensor, y: torch.Tensor, scales: tuple[float, ...] = I
     return within_x + within_y - 2 * kxy.mean((-1, -2))
 
 
-@register_model("wae")
+@register_family("wae")
 class WAE(LatentVariableModel):
     """Deterministic encoder E: x -> z and decoder G: z -> x̂ (the head's mean), trained on Eq. 4.
 

@@ -7,21 +7,21 @@ from typing import Literal
 
 import torch
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.models._adversarial import AdversarialConfig, AdversarialModel
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 
 @dataclass(frozen=True)
 class WGANConfig(AdversarialConfig):
-    clip: float = spec(0.01, gt=0)  # WGAN paper, Alg. 1: c = 0.01
+    clip: float = bounded(0.01, gt=0)  # WGAN paper, Alg. 1: c = 0.01
     optimizer: Literal["adam", "rmsprop"] = "rmsprop"  # WGAN paper, Alg. 1 (momentum-based Adam was unstable, §4)
-    lr_gen: float = spec(5e-5, gt=0)  # WGAN paper, Alg. 1: α = 5e-5
-    lr_critic: float = spec(5e-5, gt=0)  # WGAN paper, Alg. 1: α = 5e-5
-    n_critic: int = spec(5, gt=0)  # WGAN paper, Alg. 1: n_critic = 5
+    lr_gen: float = bounded(5e-5, gt=0)  # WGAN paper, Alg. 1: α = 5e-5
+    lr_critic: float = bounded(5e-5, gt=0)  # WGAN paper, Alg. 1: α = 5e-5
+    n_critic: int = bounded(5, gt=0)  # WGAN paper, Alg. 1: n_critic = 5
 
 
-@register_model("wgan")
+@register_family("wgan")
 class WGAN(AdversarialModel):
     """Generator G: z ~ N(0, I) -> x; critic D: x -> R with every weight clamped to [-c, c]."""
 

@@ -5,25 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gm.config import spec
+from gm.core.config import bounded
 from gm.models._adversarial import AdversarialConfig, AdversarialModel, gradient_penalty
-from gm.registry import register_model
+from gm.core.registry import register_family
 
 __all__ = ["WGANGP", "WGANGPConfig", "gradient_penalty"]
 
 
 @dataclass(frozen=True)
 class WGANGPConfig(AdversarialConfig):
-    hidden: int = spec(512, gt=0)  # gan_toy.py: 3×512 ReLU MLPs
+    hidden: int = bounded(512, gt=0)  # gan_toy.py: 3×512 ReLU MLPs
     activation: Literal["relu", "leaky_relu", "tanh"] = "relu"  # gan_toy.py
-    gp_weight: float = spec(10.0, ge=0)  # WGAN-GP paper, λ = 10
-    n_critic: int = spec(5, gt=0)  # WGAN-GP paper, Alg. 1: n_critic = 5
-    lr_gen: float = spec(1e-4, gt=0)  # WGAN-GP paper, Alg. 1: α = 1e-4
-    lr_critic: float = spec(1e-4, gt=0)  # WGAN-GP paper, Alg. 1: α = 1e-4
-    betas: tuple[float, float] = spec((0.0, 0.9), ge=0, lt=1)  # WGAN-GP paper, Alg. 1: β1 = 0, β2 = 0.9
+    gp_weight: float = bounded(10.0, ge=0)  # WGAN-GP paper, λ = 10
+    n_critic: int = bounded(5, gt=0)  # WGAN-GP paper, Alg. 1: n_critic = 5
+    lr_gen: float = bounded(1e-4, gt=0)  # WGAN-GP paper, Alg. 1: α = 1e-4
+    lr_critic: float = bounded(1e-4, gt=0)  # WGAN-GP paper, Alg. 1: α = 1e-4
+    betas: tuple[float, float] = bounded((0.0, 0.9), ge=0, lt=1)  # WGAN-GP paper, Alg. 1: β1 = 0, β2 = 0.9
 
 
-@register_model("wgan_gp")
+@register_family("wgan_gp")
 class WGANGP(AdversarialModel):
     """Generator G: z ~ N(0, I) -> x; critic D: x -> R without batch norm (the penalty is per sample)."""
 

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from gm.data.spec import DataSpec
+from gm.data.dataspec import DataSpec
 from gm.nn.mlp import Activation, make_activation
 
 

@@ -1,4 +1,5 @@
-"""MLP backbone and the small tensor helpers every vector-based family shares.
+"""MLP backbone and the small helpers every vector-based family shares (activations, output range,
+labels).
 
 Families work on flattened vectors of dimension `data.dim`; these helpers keep the
 model-space conventions of `DataSpec` (raw toys, discrete images in [-1, 1)) in one place.
@@ -6,13 +7,13 @@ model-space conventions of `DataSpec` (raw toys, discrete images in [-1, 1)) in 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch import nn
 
-from gm.data.spec import DataSpec
+from gm.data.dataspec import DataSpec
+from gm.core.config import ConfigError
 
 Activation = Literal["relu", "leaky_relu", "tanh"]
 
@@ -21,9 +22,6 @@ _ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(0.2),  # 0.2: the DCGAN slope
     "tanh": nn.Tanh,
 }
-
-LOG_2PI = math.log(2 * math.pi)
-
 
 def make_activation(name: str) -> nn.Module:
     """A fresh activation module by name (see `Activation`)."""
@@ -72,49 +70,9 @@ def clamp_to_model_space(x: torch.Tensor, data: DataSpec) -> torch.Tensor:
     return x.clamp(-1.0, 1.0 - torch.finfo(x.dtype).eps / 2)
 
 
-def randn(shape: tuple[int, ...], generator: torch.Generator | None = None,
-          device: torch.device | str | None = None) -> torch.Tensor:
-    """Standard normal noise drawn from `generator` (on its device), then moved to `device`.
-
-    Drawing on the generator's own device keeps a seeded CPU generator usable with a
-    model on a GPU, and the same seed gives the same numbers wherever the model lives.
-    """
-    if generator is None:
-        return torch.randn(shape, device=device)
-    return torch.randn(shape, generator=generator, device=generator.device).to(device)
-
-
-def rand(shape: tuple[int, ...], generator: torch.Generator | None = None,
-         device: torch.device | str | None = None) -> torch.Tensor:
-    """U[0, 1) noise, with the same generator/device handling as `randn`."""
-    if generator is None:
-        return torch.rand(shape, device=device)
-    return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-
-def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row of probs (..., K) as int64 (...,), by the inverse CDF of U[0, 1) noise.
-
-    The noise comes from `rand`, so a CPU generator works with a model on a GPU and a seed
-    gives the same draws on every device (torch.multinomial needs both on one device).
-    """
-    u = rand((*probs.shape[:-1], 1), generator, probs.device)
-    # The index of the first CDF value above u (the clamp guards against rounding at 1).
-    return (probs.cumsum(-1) < u).sum(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def normal_log_prob(x: torch.Tensor, mean: torch.Tensor | float = 0.0,
-                    log_std: torch.Tensor | float = 0.0) -> torch.Tensor:
-    """Elementwise log N(x; mean, exp(log_std)^2) in nats; sum over the last dims yourself."""
-    log_std = torch.as_tensor(log_std, dtype=x.dtype, device=x.device)
-    return -0.5 * (((x - mean) * torch.exp(-log_std)) ** 2 + LOG_2PI) - log_std
-
-
 def label_count(conditional: bool, data: DataSpec) -> int:
     """How many classes a label-conditioned model reads (0 when not conditional); refuses
     `conditional: true` on data without labels."""
-    from gm.config import ConfigError
-
     if conditional and not data.num_classes:
         raise ConfigError("conditional: true needs labelled data (the data spec has no num_classes)")
     return data.num_classes if conditional else 0

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.config import ConfigError
-from gm.data.spec import DataSpec
-from gm.nn.mlp import categorical, normal_log_prob, rand, randn
+from gm.core.config import ConfigError
+from gm.data.dataspec import DataSpec
+from gm.core.numerics import categorical, normal_log_prob, rand, randn
 
 ObservationName = Literal["gaussian", "bernoulli", "categorical", "logistic"]
 

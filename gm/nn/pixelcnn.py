@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gm.nn.mlp import categorical
+from gm.core.numerics import categorical
 
 MaskType = Literal["A", "B"]
 

@@ -6,83 +6,20 @@ report through `ray.train.report`.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gm.config import ConfigError, ExperimentConfig, RayParams
+from gm.core.config import ConfigError
+from gm.training.experiment import ExperimentConfig
 from gm.data.io import data_spec
 from gm.training.loop import train_loop_per_worker
+from gm.models.base import build_model
 
 log = logging.getLogger(__name__)
-
-
-def init_ray(params: RayParams, *, quiet: bool = True) -> None:
-    """Start (address 'local') or join ('auto', 'ray://...', 'host:port') a Ray cluster.
-
-    'local' always starts a fresh embedded Ray, never silently joining a cluster that
-    happens to run on this machine.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Train gives a worker group 60 s to start; a busy 2-core machine needs longer to spawn
-    # workers that import torch (a timeout fails the trial). Jobs pass it on to every worker.
-    env_vars = {k: os.environ.setdefault(k, v) for k, v in (("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
-                                                            ("RAY_TRAIN_V2_ENABLED", "1"))}
-    # The dashboard serves Ray's state API, which Train V2's placement-group cleaner needs to free
-    # the workers of a trial that Tune stops early (ray-project/ray#54305): keep it on.
-    kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
-                  runtime_env={"env_vars": env_vars,
-                               "worker_process_setup_hook": "gm.training.driver.pin_ray_address"})
-    if params.address == "local":
-        # a port of our own: a second local Ray on the machine (another pipeline, a test) would
-        # otherwise find 8265 taken and run without the state API
-        ray.init(address="local", num_cpus=params.num_cpus, dashboard_host="127.0.0.1",
-                 dashboard_port=free_port(), **kwargs)
-    else:
-        ray.init(address=params.address, **kwargs)
-    import ray.data
-
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the driver's state API too
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-
-
-def pin_ray_address() -> None:
-    """Worker set-up hook: point Ray's state API at this worker's own cluster.
-
-    The state API finds its cluster by scanning the machine; with two local Rays running
-    (two pipelines, a test beside a run) it gives up, and Train's placement-group cleaner
-    then cannot free the workers of a trial Tune stopped early, which hangs the sweep.
-    """
-    import ray
-
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def storage_path(params: RayParams, repo_root: Path) -> str:
-    """Absolute checkpoint root; on a cluster `ray.storage_path` must name shared storage."""
-    if params.storage_path:
-        p = params.storage_path
-        return p if "://" in p else str((repo_root / p).resolve())
-    return str((repo_root / "artifacts" / "ray").resolve())
 
 
 def scaling_config(exp: ExperimentConfig):
@@ -100,8 +37,6 @@ def check_buildable(exp: ExperimentConfig, data_dir: Path) -> None:
     a config that does not fit the data (image-only options on a toy, too many squeezes for the
     image, variational dequantization of continuous data) is a ConfigError naming the field,
     not a traceback from a Ray worker."""
-    from gm.models.base import build_model
-
     try:
         build_model(exp.family, exp.model, data_spec(data_dir))
     except ConfigError as e:

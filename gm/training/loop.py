@@ -20,28 +20,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gm.config import ExperimentConfig, TrainParams, build
 from gm.data.io import read_split
-from gm.data.spec import DataSpec
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, GenerativeModel, build_model, load_model, save_model
-from gm.registry import MODELS
+from gm.training.experiment import experiment_from_dict
 from gm.training.validate import validation_scores
+from gm.core.dist import world
+from gm.data.io import arrow_to_numpy
 
 
 class Diverged(RuntimeError):
     """A loss became NaN or infinite."""
-
-
-def experiment_from_dict(d: dict) -> ExperimentConfig:
-    """Inverse of ExperimentConfig.to_dict (configs cross process boundaries as plain data)."""
-    import gm.models  # noqa: F401
-
-    family = MODELS.get_or_fail(d["family"])
-    return ExperimentConfig(
-        name=d["name"], family=d["family"], dataset=d["dataset"],
-        model=build(family.config_cls, d["model"], f"experiments.{d['name']}.model"),
-        train=build(TrainParams, d["train"], f"experiments.{d['name']}.train"),
-    )
 
 
 # ------------------------------------------------------------------------------- data
@@ -62,8 +51,6 @@ class BatchStream:
         self._cache = pull_all(shard, shape) if in_memory else None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        from gm.data.io import arrow_to_numpy
-
         while True:
             if self._cache is not None:
                 x, y = self._cache
@@ -87,19 +74,11 @@ def pull_all(shard, shape) -> tuple[np.ndarray, np.ndarray | None]:
     """Materialise a whole Ray Data shard (or dataset) as numpy arrays."""
     import pyarrow as pa
 
-    from gm.data.io import arrow_to_numpy
-
     tables = list(shard.iter_batches(batch_size=8192, batch_format="pyarrow"))
     return arrow_to_numpy(pa.concat_tables(tables), shape)
 
 
 # ------------------------------------------------------------------------- distribution
-
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def gather_nodes() -> list[str]:

@@ -35,10 +35,8 @@ class Registry(dict):
         return self[name]
 
 
-MODELS = Registry("model family")
+FAMILIES = Registry("model family")
 METRICS = Registry("metric")
-SPACES = Registry("search space")
 
-register_model = MODELS.register
+register_family = FAMILIES.register
 register_metric = METRICS.register
-register_space = SPACES.register

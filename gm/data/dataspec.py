@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+from gm.core.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,6 @@ def halvable_image(data: DataSpec, halvings: int, field: str, arch_field: str = 
                    fallback: str = "") -> tuple[int, int, int]:
     """(C, H, W) of image data whose H and W can be halved `halvings` times (squeezes,
     stride-2 layers); otherwise a ConfigError naming the config field at fault."""
-    from gm.config import ConfigError
-
     hint = f"; use {arch_field}: {fallback}" if fallback else ""
     if data.kind != "image" or len(data.shape) != 3:
         raise ConfigError(f"{arch_field}: needs image data of shape (C, H, W), got {data.kind} data of "

@@ -8,7 +8,7 @@ mode (μ ≈ ±2, σ ≈ ½). Both are fitted the f-GAN way — a small MLP crit
 F = E_P[g_f(V)] − E_Q[f*(g_f(V))] from the divergence table, the generator minimising it —
 and compared with the exact optima, found by minimising D_f by quadrature over (μ, σ).
 
-Usage: python -m gm.experiments.mode_seeking --out reports/mode_seeking.png
+Usage: python -m gm.figures.mode_seeking --out reports/mode_seeking.png
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from scipy import integrate, optimize
 from torch import nn
 
 from gm.models.fgan import DIVERGENCES, Divergence, generator_loss, variational_objective
-from gm.nn.mlp import mlp, normal_log_prob, randn
+from gm.nn.mlp import mlp
+from gm.core.numerics import normal_log_prob, randn
 
 MEANS = (-2.0, 2.0)  # the target's two modes, equally weighted
 STD = 0.5

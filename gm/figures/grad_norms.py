@@ -7,7 +7,7 @@ weight clipping at c ∈ {0.1, 0.01, 0.001} the norms grow or shrink geometrical
 depth (exploding or vanishing); with the two-sided gradient penalty (λ = 10) they stay
 within an order of magnitude (Gulrajani et al. 2017, §3 and Fig. 1b).
 
-Usage: python -m gm.experiments.grad_norms --out reports/figures/grad_norms.png
+Usage: python -m gm.figures.grad_norms --out reports/figures/grad_norms.png
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gm.config import build
-from gm.data.spec import DataSpec
+from gm.core.config import build
+from gm.data.dataspec import DataSpec
 from gm.models.base import Batch
-from gm.registry import MODELS
+from gm.core.registry import FAMILIES
+from gm.models._adversarial import critic_grad_norms
 
 SETTINGS = (("wgan", {"clip": 0.1}), ("wgan", {"clip": 0.01}), ("wgan", {"clip": 0.001}),
             ("wgan_gp", {"gp_weight": 10.0}))
@@ -41,15 +42,12 @@ def label(family: str, overrides: dict) -> str:
 
 def run(seed: int = 0, steps: int = 200, depth: int = 12, hidden: int = 128, batch: int = 256) -> dict:
     """{setting label: per-layer gradient norms (input -> output)} after `steps` critic steps."""
-    import gm.models  # noqa: F401
-    from gm.models._adversarial import critic_grad_norms
-
     data = DataSpec(shape=(2,), kind="toy")
     real_all = swiss_roll(20 * batch, seed)
     out = {}
     for family, overrides in SETTINGS:
         torch.manual_seed(seed)
-        cls = MODELS[family]
+        cls = FAMILIES[family]
         model = cls(build(cls.config_cls, {"depth": depth, "hidden": hidden, "activation": "relu", "z_dim": 2,
                                            **overrides}, family), data)
         critic = model.step_groups()[0]

@@ -1,0 +1,1 @@
+"""Primitives every layer may use: typed-config building, registries, files, numerics, layout."""

@@ -1,0 +1,194 @@
+"""The dependency rule of docs/architecture.md, checked on the source: layers import downwards only,
+no import cycles, and no gm/tune import hidden inside a function."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGES = ("gm", "tune", "pipelines")
+
+# Bottom to top. A module may import modules of its own layer (without cycles) and of layers below.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("core", ("gm.core",)),
+    ("data", ("gm.data",)),
+    ("layers", ("gm.nn", "gm.flows")),
+    ("models", ("gm.models",)),
+    ("inference", ("gm.inference", "gm.baselines")),
+    ("metrics", ("gm.metrics", "gm.featurizer")),
+    ("training", ("gm.training",)),
+    ("evaluation", ("gm.evaluation",)),
+    ("tracking", ("gm.tracking", "gm.serving")),
+    ("tune", ("tune",)),
+    ("assembly", ("gm.params",)),
+    ("stages", ("gm.stages", "gm.stage", "gm.figures", "gm.report", "gm.cli", "gm.bench", "gm.profiles", "gm",
+                "pipelines")),
+]
+
+# Imports of our own modules inside a function, each with its reason. Keep it short.
+INNER_ALLOWED: dict[tuple[str, str], str] = {
+    # gm.serving subclasses mlflow.pyfunc.PythonModel: importing it loads MLflow's model machinery,
+    # which only registering a version needs (every stage imports gm.tracking for its config).
+    ("gm.tracking", "gm.serving"): "mlflow.pyfunc is heavy",
+}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def source_modules(root: Path) -> dict[str, Path]:
+    return {module_name(p, root): p for pkg in PACKAGES for p in sorted((root / pkg).rglob("*.py"))}
+
+
+def imported(node: ast.Import | ast.ImportFrom, name: str, path: Path, known) -> set[str]:
+    """The modules of `known` that one import statement of module `name` (file `path`) loads."""
+    if isinstance(node, ast.Import):
+        candidates = [a.name for a in node.names]
+    else:
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        if node.level:
+            package = package[:len(package) - node.level + 1]
+            base = ".".join(package + ([node.module] if node.module else []))
+        else:
+            base = node.module or ""
+        candidates = [f"{base}.{a.name}" for a in node.names] + [base]
+    out = set()
+    for c in candidates:
+        while c and c not in known:
+            c = c.rpartition(".")[0]
+        if c:
+            out.add(c)
+    out.discard(name)
+    return out
+
+
+def import_graph(root: Path) -> tuple[dict[str, set[str]], list[tuple[str, str, int]]]:
+    """({module: modules it imports at module level}, [(module, imported, line) inside functions])."""
+    modules = source_modules(root)
+    graph: dict[str, set[str]] = {}
+    inner: list[tuple[str, str, int]] = []
+    for name, path in modules.items():
+        graph[name] = set()
+
+        def visit(node, in_function: bool, name=name, path=path):
+            for child in ast.iter_child_nodes(node):
+                nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                if isinstance(child, (ast.Import, ast.ImportFrom)):
+                    targets = imported(child, name, path, modules)
+                    if in_function:
+                        inner.extend((name, t, child.lineno) for t in sorted(targets))
+                    else:
+                        graph[name] |= targets
+                visit(child, nested)
+
+        visit(ast.parse(path.read_text(), str(path)), False)
+    return graph, inner
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the longest prefix matching `module`."""
+    best, length = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and len(p) > length:
+                best, length = i, len(p)
+    if best is None:
+        raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in tests/test_architecture.py")
+    return best
+
+
+def violations(root: Path) -> list[str]:
+    graph, inner = import_graph(root)
+    problems = []
+    for module, targets in sorted(graph.items()):
+        for t in sorted(targets):
+            if layer_of(t) > layer_of(module):
+                problems.append(f"upward import: {module} ({LAYERS[layer_of(module)][0]}) imports "
+                                f"{t} ({LAYERS[layer_of(t)][0]})")
+    for module, t, line in inner:
+        if (module, t) not in INNER_ALLOWED:
+            problems.append(f"import inside a function: {module}:{line} imports {t}")
+    problems += [f"import cycle: {' -> '.join(c)}" for c in cycles(graph)]
+    return problems
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle per strongly connected component of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def strong(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp) + [sorted(comp)[0]])
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_every_module_belongs_to_a_layer():
+    for module in source_modules(REPO):
+        layer_of(module)
+
+
+def test_imports_go_down_the_layers_without_cycles_or_hidden_imports():
+    problems = violations(REPO)
+    assert not problems, "\n".join(problems)
+
+
+def _package(tmp_path: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir(exist_ok=True)
+        (tmp_path / pkg / "__init__.py").touch()
+    return tmp_path
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"gm/core/__init__.py": "", "gm/core/a.py": "from gm.training import loop\n",
+      "gm/training/__init__.py": "", "gm/training/loop.py": ""}, "upward import: gm.core.a (core) imports gm.training"),
+    ({"gm/core/__init__.py": "", "gm/core/a.py": "import gm.core.b\n", "gm/core/b.py": "from gm.core import a\n"},
+     "import cycle: gm.core.a -> gm.core.b -> gm.core.a"),
+    ({"gm/data/__init__.py": "", "gm/data/a.py": "def f():\n    from gm.core import b\n", "gm/core/__init__.py": "",
+      "gm/core/b.py": ""}, "import inside a function: gm.data.a:2 imports gm.core.b"),
+    ({"gm/models/__init__.py": "", "gm/models/x.py": "from ..data import io\n", "gm/data/__init__.py": "",
+      "gm/data/io.py": "from gm.models import x\n"}, "upward import: gm.data.io (data) imports gm.models.x"),
+])
+def test_the_rule_catches_upward_imports_cycles_and_hidden_imports(tmp_path, files, expected):
+    problems = violations(_package(tmp_path, files))
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_clean_layering_passes(tmp_path):
+    root = _package(tmp_path, {"gm/core/__init__.py": "", "gm/core/a.py": "import numpy\n",
+                               "gm/models/__init__.py": "from gm.core import a\n",
+                               "pipelines/train.py": "from gm.models import x\n", "gm/models/x.py": ""})
+    assert violations(root) == []
