@@ -16,9 +16,8 @@ from pathlib import Path
 from ray.train import Checkpoint, UserCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-from gm.training.experiment import ExperimentConfig
+from gm.training.experiment import ExperimentConfig, experiment_from_dict
 from gm.training.driver import clear_run, make_trainer, select_checkpoint, storage_fs
-from gm.training.loop import experiment_from_dict
 from tune.sweep import DOMAINS, SweepConfig, apply_overrides, extreme_values, to_tune_domain
 from gm.core.config import to_dict
 
@@ -226,11 +225,8 @@ def make_searcher(sweep: SweepConfig, concurrent: int):
 
 
 class _KeepLocalLog:
-    """Tune's result loggers copy a trial's log back from storage whenever the trial restarts from a
-    checkpoint (Ray 2.60, `LoggerCallback._restore_from_remote`). Storage is synced from the driver's
-    staging folder only every few minutes, so a restart within a running sweep (PBT's exploit, a retry)
-    overwrote the complete local log with a stale copy and lost the trial's earlier results. These
-    loggers fetch the stored copy only when there is no local one: a restored (killed) sweep."""
+    """Tune's result loggers, restoring a trial's stored log only when there is no local one (a restored
+    sweep), never over a complete local log (docs/architecture.md, "Known traps": Ray's loggers)."""
 
     def _restore_from_remote(self, file_name: str, trial) -> None:
         local = Path(trial.local_path, file_name)
@@ -247,11 +243,9 @@ class TrialCsvLog(_KeepLocalLog, CSVLoggerCallback):
 
 
 def trial_checkpoints(sweep: SweepConfig, exp: ExperimentConfig):
-    """Checkpoints each trial keeps in Tune: the best by validation score (as Train keeps) and the latest.
-
-    Under PBT every one: an exploit copies a member's latest whatever its score, and Tune's pruning
-    of a member restarted from another's checkpoint deletes folders it no longer has (Ray 2.60), which
-    fails the trial. A PBT sweep's disk use therefore grows with its reports."""
+    """Checkpoints each trial keeps in Tune: the best by validation score (as Train keeps) and the latest;
+    under PBT every one (an exploit copies a member's latest whatever its score; see docs/architecture.md
+    on Tune's pruning), so a PBT sweep's disk use grows with its reports."""
     from ray import tune
 
     if sweep.scheduler == "pbt":
