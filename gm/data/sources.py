@@ -78,7 +78,7 @@ def check_levels(x: np.ndarray, levels: int, path) -> None:
                          f"found range {lo}..{hi}")
 
 
-def check_labels(y: np.ndarray, n: int, path) -> np.ndarray:
+def as_class_indices(y: np.ndarray, n: int, path) -> np.ndarray:
     """Labels must be n non-negative integers (class indices); returns them as int64."""
     y = np.asarray(y)
     if y.shape != (n,):
@@ -290,7 +290,7 @@ class Idx(FileSource):
         y = None
         if self.labels:
             lab_path = Path(repo_root) / self.labels
-            y = check_labels(read_idx(lab_path), len(x), lab_path)
+            y = as_class_indices(read_idx(lab_path), len(x), lab_path)
         return x, y, _info("image", shape, self.levels, _num_classes(y), self.paths())
 
 
@@ -332,7 +332,7 @@ class Npz(FileSource):
             shape, kind = raw.shape[1:], ("image" if raw.ndim == 4 else "toy")
         y = None
         if self.y_key is not None and self.y_key in arrays:
-            y = check_labels(arrays[self.y_key], len(raw), f"{full}[{self.y_key}]")
+            y = as_class_indices(arrays[self.y_key], len(raw), f"{full}[{self.y_key}]")
         elif self.y_key is not None and self.y_key != Npz.y_key:
             raise ValueError(f"{full}: no array {self.y_key!r} (y_key); found: {keys}")
         x = raw.reshape(len(raw), *shape).astype(np.float32)

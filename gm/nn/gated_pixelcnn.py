@@ -108,7 +108,7 @@ def gated_activation(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(a) * torch.sigmoid(b)
 
 
-def check_labels(labels: torch.Tensor | None, n_classes: int, batch: int, who: str) -> None:
+def check_net_labels(labels: torch.Tensor | None, n_classes: int, batch: int, who: str) -> None:
     """Labels are required by a class-conditional net (int64 (B,)) and refused by an unconditional one."""
     if not n_classes:
         if labels is not None:
@@ -194,7 +194,7 @@ class GatedPixelCNN(nn.Module):
     def forward(self, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of p(s_i | s_<i, y) at every position: (B, K, H, W)."""
         x = self.embed_input(s)  # (B, C, H, W)
-        check_labels(labels, self.n_classes, x.shape[0], "GatedPixelCNN")
+        check_net_labels(labels, self.n_classes, x.shape[0], "GatedPixelCNN")
         v, h = x, x
         for layer in self.layers:
             v, h = layer(v, h, labels)
@@ -294,7 +294,7 @@ class PixelCNNPP(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C_in, H, W) model-space values -> parameters (B, out_channels, H, W)."""
-        check_labels(labels, self.n_classes, x.shape[0], "PixelCNNPP")
+        check_net_labels(labels, self.n_classes, x.shape[0], "PixelCNNPP")
         x = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (B, C_in + 1, H, W)
         us = [down_shift(self.u_init(x))]
         uls = [down_shift(self.ul_init_above(x)) + right_shift(self.ul_init_left(x))]
