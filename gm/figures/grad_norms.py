@@ -24,6 +24,7 @@ from gm.data.dataspec import DataSpec
 from gm.models.base import Batch
 from gm.core.registry import FAMILIES
 from gm.models._adversarial import critic_grad_norms
+from gm.training.loop import apply_step
 
 SETTINGS = (("wgan", {"clip": 0.1}), ("wgan", {"clip": 0.01}), ("wgan", {"clip": 0.001}),
             ("wgan_gp", {"gp_weight": 10.0}))
@@ -55,11 +56,7 @@ def run(seed: int = 0, steps: int = 200, depth: int = 12, hidden: int = 128, bat
         rng = np.random.default_rng(seed)
         for _ in range(steps):  # the critic alone, against the fixed (untrained) generator
             x = real_all[rng.integers(0, len(real_all), batch)]
-            loss = model.loss(Batch(x=x), critic.name).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.after_step(critic.name)
+            apply_step(model, critic, opt, model.loss(Batch(x=x), critic.name).loss)
         real = real_all[:batch]
         with torch.no_grad():
             fake = model.generate(batch)

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from gm.data.io import read_split
 from gm.data.dataspec import DataSpec
-from gm.models.base import Batch, GenerativeModel, build_model, load_model, save_model
+from gm.models.base import Batch, GenerativeModel, StepGroup, build_model, load_model, save_model
 from gm.training.experiment import experiment_from_dict
 from gm.training.validate import validation_scores
 from gm.core.dist import world
@@ -142,6 +142,17 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     raise ValueError(f"lr_schedule: expected 'constant', 'linear' or 'cosine', got {schedule!r}")
 
 
+def apply_step(model: GenerativeModel, group: StepGroup, optimizer: torch.optim.Optimizer,
+               loss: torch.Tensor) -> None:
+    """One optimizer step of `group` on `loss`: backward, the gradients averaged over data-parallel
+    workers (a no-op alone), the step, then the family's after-step hook (e.g. WGAN's clipping)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(group.params)
+    optimizer.step()
+    model.after_step(group.name)
+
+
 class Stepper:
     """Runs the family's step schedule: for each group, `repeats` optimizer steps."""
 
@@ -178,11 +189,7 @@ class Stepper:
                 out = self.model.loss(self.to_batch(next(batches)), group.name)
                 if not all_finite(out.loss):
                     raise Diverged(f"step {step}: loss of group {group.name!r} is {out.loss.item()}")
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                average_gradients(group.params)
-                opt.step()
-                self.model.after_step(group.name)
+                apply_step(self.model, group, opt, out.loss)
             logs[f"loss_{group.name}"] = float(out.loss.detach())
             logs.update(out.logs)
         return logs
