@@ -1,53 +1,17 @@
-"""DVC stage `featurize@<dataset>`: the dataset's featurizer (a small CNN classifier) for image metrics.
+"""DVC stage `featurize@<dataset>` (the work is gm.stages.featurize).
 
 Usage: python -m pipelines.featurize <dataset>   (from the repository root)
 Writes artifacts/featurizer/<dataset>/{space.json, model/} and artifacts/featurizer-metrics/<dataset>.json;
-params.yaml section `featurize`. Labelled images get a trained featurizer; toys and unlabelled data
-are compared in their own (pixel) space, which space.json records.
+params.yaml section `featurize`.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 
 from gm import stage
-from gm.data.io import data_spec, read_split
 from gm.evaluation import PIXELS
-from gm.featurizer import FeaturizerConfig, predict, save_featurizer, train_featurizer
-from gm.core.files import write_json
-
-
-def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
-    """Train the featurizer of prepared dataset `dataset` (train split; best epoch on val),
-    measure it on test, save it under root/artifacts/featurizer/<dataset>; returns its metrics."""
-    data_dir = stage.prepared_dir(dataset, root)
-    data = data_spec(data_dir)
-    out = root / "artifacts" / "featurizer" / dataset
-    if out.exists():
-        shutil.rmtree(out)
-    if data.kind != "image" or not data.num_classes:
-        why = "toy data: metrics use the points themselves" if data.kind != "image" else \
-            "unlabelled images: no classifier to train, metrics use pixels"
-        write_json(out / "space.json", {"space": PIXELS, "hash": PIXELS, "reason": why})
-        summary = {"space": PIXELS}
-        write_json(root / "artifacts" / "featurizer-metrics" / f"{dataset}.json", summary)
-        return summary
-    train_x, train_y = read_split(data_dir, "train")
-    val_x, val_y = read_split(data_dir, "val")
-    test_x, test_y = read_split(data_dir, "test")
-    net, fit = train_featurizer(train_x, train_y, val_x, val_y, data, data.num_classes, cfg)
-    test_accuracy = float((predict(net, test_x) == test_y).mean())
-    summary = {"test_accuracy": test_accuracy, "val_accuracy": fit["val_accuracy"],
-               "train_accuracy": fit["train_accuracy"], "best_epoch": fit["best_epoch"],
-               "num_params": sum(p.numel() for p in net.parameters())}
-    # no timings in the model folder: it is a DVC output and must be the same bytes on a rerun
-    summary["hash"] = save_featurizer(net, out / "model", {"dataset": dataset, **summary})
-    write_json(out / "space.json", {"space": "featurizer", "hash": summary["hash"]})
-    summary["seconds"] = fit["seconds"]
-    write_json(root / "artifacts" / "featurizer-metrics" / f"{dataset}.json", summary)
-    return summary
+from gm.stages.featurize import featurize
 
 
 @stage.entry

@@ -1,9 +1,4 @@
-"""DVC stage `figures`: the experiments the literature argues with, reproduced as figures.
-
-- reports/figures/mode_seeking.{png,json}: forward vs reverse KL f-GANs fitting one Gaussian
-  to a mixture of two (mode covering against mode seeking), beside the exact optima.
-- reports/figures/grad_norms.{png,json}: WGAN-GP's Figure 1b, critic gradient norms through
-  the layers with weight clipping at c ∈ {0.1, 0.01, 0.001} against the gradient penalty.
+"""DVC stage `figures` (the work is gm.stages.figures): mode seeking and WGAN-GP gradient norms.
 
 Usage: python -m pipelines.figures   (from the repository root)
 """
@@ -12,30 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from gm import stage, tracking
-from gm.figures import grad_norms, mode_seeking
-from gm.core.files import write_json
+from gm import stage
+from gm.stages.figures import figures
 
 
 @stage.entry
 def main(argv=None) -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    root = stage.root()
-    params = stage.params(root)
-    out = root / "reports" / "figures"
-    torch.set_num_threads(1)  # small nets: threads only add overhead
-    seeking = mode_seeking.run(seed=0)
-    mode_seeking.plot(seeking, out / "mode_seeking.png")
-    write_json(out / "mode_seeking.json", {k: {m: v for m, v in r.items() if m != "trace"} for k, r in seeking.items()})
-    norms = grad_norms.run(seed=0)
-    grad_norms.plot(norms, out / "grad_norms.png")
-    write_json(out / "grad_norms.json", norms)
-    tracking.setup(params.mlflow, root)
-    with tracking.run("figures", tracking.stage_tags("figures", "figures", root)):
-        tracking.log_artifacts(out, "figures")
-    print(f"figures -> {out}")
+    print(f"figures -> {figures(stage.root())}")
 
 
 if __name__ == "__main__":

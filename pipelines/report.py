@@ -1,4 +1,5 @@
-"""DVC stage `report`: reports/{leaderboard.md, index.html, metrics.json, *.png}, logged to MLflow.
+"""DVC stage `report` (the work is gm.stages.report): reports/{leaderboard.md, index.html, metrics.json, *.png},
+logged to MLflow.
 
 Usage: python -m pipelines.report   (from the repository root)
 """
@@ -7,19 +8,14 @@ from __future__ import annotations
 
 import argparse
 
-from gm import stage, tracking
-from gm.report import build_report
+from gm import stage
+from gm.stages.report import report
 
 
 @stage.entry
 def main(argv=None) -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    root = stage.root()
-    params = stage.params(root)
-    flat = build_report(root, root / "reports")
-    tracking.setup(params.mlflow, root)
-    with tracking.run("report", tracking.stage_tags("report", "report", root)):
-        tracking.log_artifacts(root / "reports", "reports")
+    flat = report(stage.root())
     print(f"report: {len(flat)} evaluated models -> reports/leaderboard.md, reports/index.html")
 
 

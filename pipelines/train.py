@@ -1,5 +1,4 @@
-"""DVC stage `train@<experiment>`: Ray Train runs (one per seed) -> models chosen by train.select,
-an MLflow run (a nested run per seed), registered model versions.
+"""DVC stage `train@<experiment>` (the work is gm.stages.train).
 
 Usage: python -m pipelines.train <experiment> [--resume]   (from the repository root)
 Writes artifacts/train/<experiment>/{models/seed-<s>/, metrics.json, history.json}.
@@ -8,92 +7,9 @@ Writes artifacts/train/<experiment>/{models/seed-<s>/, metrics.json, history.jso
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
-import statistics
-from pathlib import Path
 
-from gm import stage, tracking
-from gm.training.experiment import ExperimentConfig
-from gm.core.files import write_json
-from gm.models.base import load_model
-from gm.training.driver import TrainOutcome, check_buildable, fit_many
-from gm.training.cluster import init_ray, storage_path
-from gm.training.validate import validation_metric
-
-
-def seed_runs(exp: ExperimentConfig) -> list[tuple[ExperimentConfig, str]]:
-    """One experiment per replicate seed, with its Ray run name."""
-    out = []
-    for i in range(exp.train.seeds):
-        seed = exp.train.seed + i
-        out.append((dataclasses.replace(exp, train=dataclasses.replace(exp.train, seed=seed)),
-                    f"train-{exp.name}-seed{seed}"))
-    return out
-
-
-def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: Path, parent_id: str,
-                tags: dict) -> dict:
-    """Nested MLflow run of one seed: curves, timings; its selected model exported and registered."""
-    with tracking.run(f"train/{exp.name}/seed{seed}", {**tags, "gm.seed": str(seed)}, parent_run_id=parent_id):
-        tracking.log_history(outcome.history)
-        score = float(outcome.metrics.get("val_score", math.inf))
-        if outcome.diverged or outcome.checkpoint is None or not math.isfinite(score):
-            reason = outcome.diverged or "no checkpoint with a finite validation score"
-            import mlflow
-
-            mlflow.set_tag("gm.failure_reason", reason)
-            raise stage.StageError(f"experiment {exp.name} (seed {seed}) diverged ({reason}); nothing of this "
-                                   f"seed was registered; lower the learning rates in experiments.{exp.name}.model")
-        model_dir = outcome.export(dest)
-        model = load_model(model_dir)
-        metric = validation_metric(model, model.data)
-        row = {
-            "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.metrics["step"]),
-            "wall_seconds": outcome.wall_seconds, "train_seconds": outcome.train_seconds,
-            "setup_seconds": max(0.0, outcome.wall_seconds - outcome.worker_seconds),  # Ray workers, data, teardown
-            "validation_seconds": max(0.0, outcome.worker_seconds - outcome.train_seconds),
-            "steps_per_s": exp.train.steps / outcome.train_seconds if outcome.train_seconds else 0.0,
-        }
-        tracking.log_metrics({f"best_{k}": v for k, v in row.items() if k != "seed"})
-        row["registered_version"] = tracking.register_version(
-            model_dir, exp.family, exp.dataset, score, metric, model.likelihood,
-            {"gm.source": "train", "gm.experiment": exp.name, "gm.seed": str(seed)})
-    return row
-
-
-def train(name: str, root: Path, resume: bool = False) -> dict:
-    """Train experiment `name` of root/params.yaml (every seed), log it and register its models."""
-    params = stage.params(root)
-    exp = params.experiment(name)
-    data_dir = stage.prepared_dir(exp.dataset, root)
-    check_buildable(exp, data_dir)  # before Ray starts
-    out = root / "artifacts" / "train" / name
-    init_ray(params.ray)
-    tracking.setup(params.mlflow, root)
-    tags = tracking.stage_tags("train", name, root, exp.dataset, **{"gm.family": exp.family})
-    runs = seed_runs(exp)
-    with tracking.run(f"train/{name}", tags) as parent:
-        tracking.log_params(exp.to_dict())
-        outcomes = fit_many(runs, data_dir, storage_path(params.ray, root), resume=resume)
-        write_json(out / "history.json", [{"seed": e.train.seed, **h} for (e, _), o in zip(runs, outcomes)
-                                          for h in o.history])
-        rows = [record_seed(e, e.train.seed, o, out / "models" / f"seed-{e.train.seed}", parent.info.run_id, tags)
-                for (e, _), o in zip(runs, outcomes)]
-        scores = [r["val_score"] for r in rows]
-        best = min(rows, key=lambda r: r["val_score"])
-        summary = {
-            "val_metric": best["val_metric"], "val_score": statistics.fmean(scores),
-            "val_score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "best_seed": best["seed"], "best_val_score": best["val_score"], "seeds": len(rows),
-            "wall_seconds": max(r["wall_seconds"] for r in rows),
-            "setup_seconds": statistics.fmean(r["setup_seconds"] for r in rows),
-            "steps_per_s": statistics.fmean(r["steps_per_s"] for r in rows),
-            "per_seed": {str(r["seed"]): r for r in rows},
-        }
-        tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, (dict, str))})
-        write_json(out / "metrics.json", summary)
-    return summary
+from gm import stage
+from gm.stages.train import train
 
 
 @stage.entry

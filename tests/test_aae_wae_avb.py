@@ -17,9 +17,8 @@ from gm.models.base import Batch
 from gm.models.wae import IMQ_SCALES, WAEConfig, imq_kernel, mmd_unbiased
 from gm.nn.mlp import clamp_to_model_space, mlp
 from gm.core.registry import FAMILIES
-from tests.conftest import seeded
+from tests.helpers import TOY, seeded, train_steps
 
-TOY = DataSpec(shape=(2,), kind="toy")
 LABELLED = DataSpec(shape=(2,), kind="toy", num_classes=3)
 SMALL = {"hidden": 32, "depth": 2, "z_dim": 2, "disc_hidden": 32, "disc_depth": 2}
 
@@ -40,23 +39,9 @@ def toy_batch(b: int = 64, seed: int = 0, labelled: bool = False) -> Batch:
 
 
 def run(model, steps: int, labelled: bool = False) -> list[dict]:
-    """The training loop's schedule; returns each iteration's merged logs."""
-    groups = model.step_groups()
-    opts = [g.make_optimizer() for g in groups]
-    history, seed = [], 0
-    for _ in range(steps):
-        logs = {}
-        for group, opt in zip(groups, opts):
-            for _ in range(group.repeats):
-                seed += 1  # a fresh batch per optimizer step, as in the training loop
-                out = model.loss(toy_batch(seed=seed, labelled=labelled), group.name)
-                opt.zero_grad()
-                out.loss.backward()
-                opt.step()
-                model.after_step(group.name)
-            logs.update(out.logs)
-        history.append(logs)
-    return history
+    """The training loop's schedule, a fresh batch per optimizer step; returns each iteration's merged logs."""
+    seeds = iter(range(1, 1 << 30))
+    return train_steps(model, lambda: toy_batch(seed=next(seeds), labelled=labelled), steps)
 
 
 # --------------------------------------------------------------------------- MMD

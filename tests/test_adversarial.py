@@ -30,11 +30,9 @@ from gm.models.wgan import WGANConfig
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator
 from gm.core.registry import FAMILIES
 from tune.spaces import SPACES
-from tests.conftest import seeded
+from tests.helpers import DIGITS, TOY, make_batch, seeded, train_steps
 
-TOY = DataSpec(shape=(2,), kind="toy")
 LABELLED = DataSpec(shape=(2,), kind="toy", num_classes=2)
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 MNIST = DataSpec(shape=(1, 28, 28), kind="image", num_classes=10, levels=256)
 ADVERSARIAL = sorted(f for f, cls in FAMILIES.items() if issubclass(cls, AdversarialModel))
 MINE = ["cramer", "gan", "wgan", "wgan_gp"]  # the families defined next to the base
@@ -50,9 +48,7 @@ def small(family: str, data: DataSpec = TOY, **overrides) -> AdversarialModel:
 
 
 def toy_batch(b: int = 32, seed: int = 0, labelled: bool = False) -> Batch:
-    g = seeded(seed)
-    y = torch.randint(0, 2, (b,), generator=g) if labelled else None
-    return Batch(2 * torch.randn(b, 2, generator=g), y)
+    return make_batch(LABELLED if labelled else TOY, b, seed)
 
 
 def step(model: AdversarialModel, group: str, batch: Batch, opt: torch.optim.Optimizer | None = None,
@@ -338,17 +334,12 @@ def test_instance_noise_anneals_linearly_to_zero():
 def test_all_stabilisers_together_train(family):
     model = small(family, feature_matching=True, label_smoothing=0.1, minibatch_discrimination=3,
                   historical_averaging=0.1, instance_noise=0.1, instance_noise_steps=5, n_critic=2)
-    groups = model.step_groups()
-    opts = [g.make_optimizer() for g in groups]
-    for i in range(2):
-        for g, opt in zip(groups, opts):
-            for _ in range(g.repeats):
-                out = model.loss(toy_batch(seed=i), g.name)
-                assert torch.isfinite(out.loss)
-                opt.zero_grad()
-                out.loss.backward()
-                opt.step()
-                model.after_step(g.name)
+    batches = (toy_batch(seed=i) for i in range(2) for g in model.step_groups() for _ in range(g.repeats))
+
+    def finite(out):
+        assert torch.isfinite(out.loss)
+
+    train_steps(model, batches, 2, check=finite)
     assert model.sample(4, generator=seeded(0)).shape == (4, 2)
 
 

@@ -19,13 +19,11 @@ from gm.nn.gated_pixelcnn import GatedPixelCNN
 from gm.nn.observation import bin_centres, discretized_logistic_mixture_log_prob, levels_of
 from gm.nn.pixelcnn import PixelCNN
 from gm.core.registry import FAMILIES as REGISTRY
-from tests.conftest import seeded, train_single_group
+from tests.helpers import DIGITS, TOY, seeded, train_single_group
 
 FAMILIES = ["pixelcnn", "gated_pixelcnn", "pixelcnnpp"]
 GREY = DataSpec(shape=(1, 4, 4), kind="image", num_classes=3, levels=5)
 TWO = DataSpec(shape=(2, 3, 3), kind="image", levels=3)  # two channels: R -> G order within a pixel
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
-TOY = DataSpec(shape=(2,), kind="toy")
 
 
 def make(family: str, data: DataSpec, **overrides):

@@ -9,10 +9,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from gm.baselines import BASELINES, Baseline, fit_baseline, uniform_bits_per_dim
-from gm.data.dataspec import DataSpec
+from tests.helpers import DIGITS, TOY
 
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
-TOY = DataSpec(shape=(2,), kind="toy")
 RING = np.stack([np.cos(2 * np.pi * np.arange(8) / 8), np.sin(2 * np.pi * np.arange(8) / 8)], axis=1)
 RING_STD = 0.05
 

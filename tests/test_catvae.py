@@ -14,10 +14,8 @@ from gm.core.config import ConfigError, build, to_dict
 from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, load_model, save_model
 from gm.models.catvae import CatVAE, CatVAEConfig, categorical_kl_to_uniform, gumbel_noise, gumbel_softmax
-from tests.conftest import seeded, train_single_group
+from tests.helpers import DIGITS, TOY, seeded, train_single_group
 
-TOY = DataSpec(shape=(2,), kind="toy")
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 
 
 def cat_vae(data: DataSpec = TOY, **overrides) -> CatVAE:

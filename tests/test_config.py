@@ -11,7 +11,7 @@ import pytest
 
 from gm.core.config import ConfigError
 from gm.params import parse_params
-from tests.conftest import REPO, env_for, tiny_params, write_params
+from tests.helpers import REPO, env_for, tiny_params, write_params
 
 
 def parse(raw):

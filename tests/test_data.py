@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -19,19 +18,12 @@ from gm.data.bootstrap import materialise_default_data, sklearn_digits_file
 from gm.data.importers import read_idx, write_idx
 from gm.data.io import arrow_to_numpy, data_spec, read_meta, read_split, split_schema, write_splits
 from gm.data.sources import DIGITS_PATH, SOURCES, build_source
+from gm.stages import prepare as stage
+from pipelines import prepare as prepare_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_prepare_stage():
-    # pipelines/ is a folder of scripts, not a package: load the stage module from its file
-    spec = importlib.util.spec_from_file_location("prepare_stage", REPO / "pipelines" / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stage = _load_prepare_stage()
 
 
 def src(cfg: dict):
@@ -452,7 +444,7 @@ def test_stage_main_reports_errors_without_traceback(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GM_ROOT", raising=False)
     with pytest.raises(SystemExit) as e:
-        stage.main(["digits"])
+        prepare_stage.main(["digits"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path}/params.yaml: file not found") and "Traceback" not in err

@@ -20,14 +20,10 @@ from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import levels_of
 from gm.core.registry import FAMILIES as REGISTRY
 from gm.inference import data_log_prob
-from tests.conftest import seeded
-from tests.test_models import perturb
+from tests.helpers import DIGITS, SMALL_IMAGE, TOY as CONTINUOUS, perturb, seeded
 
 TOY4 = DataSpec(shape=(2,), kind="toy", levels=4)
 IMAGE3 = DataSpec(shape=(1, 2, 2), kind="image", levels=3)
-SMALL_IMAGE = DataSpec(shape=(1, 4, 4), kind="image", levels=17)
-CONTINUOUS = DataSpec(shape=(2,), kind="toy")
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 
 VARIATIONAL = {"dequantization": "variational", "dequant_layers": 2, "dequant_hidden": 16}
 FAMILIES = {

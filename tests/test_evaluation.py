@@ -30,11 +30,10 @@ def test_family_specific_test_metrics():
 
     import gm.models  # noqa: F401
     from gm.core.config import build
-    from gm.data.dataspec import DataSpec
     from gm.evaluation import ModelSampler
     from gm.core.registry import FAMILIES
+    from tests.helpers import DIGITS as digits
 
-    digits = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
     x = np.random.default_rng(0).integers(0, 17, size=(20, 1, 8, 8)).astype(np.float32)
 
     def sampler(family, **cfg):

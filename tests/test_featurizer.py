@@ -13,12 +13,12 @@ from sklearn.datasets import load_digits
 from gm import stage
 from gm.core.config import ConfigError, build
 from gm.data.dataspec import DataSpec
+from tests.helpers import DIGITS
 from gm.featurizer import (FeaturizerConfig, check_same_featurizer, featurizer_hash, features,
                            load_featurizer, predict, save_featurizer, train_featurizer)
 
 torch.set_num_threads(1)
 
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 QUICK = FeaturizerConfig(epochs=12)  # ~0.98 test accuracy on digits in a couple of seconds
 
 
@@ -148,7 +148,7 @@ def prepared_root(tmp_path_factory):
     """A root with prepared digits and ring8 (as the prepare stage writes them)."""
     from gm.data.bootstrap import materialise_default_data
     from gm.data.sources import build_source
-    from pipelines.prepare import prepare
+    from gm.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("featurize")
     materialise_default_data(root)
@@ -159,7 +159,7 @@ def prepared_root(tmp_path_factory):
 
 def test_toys_are_compared_in_their_own_space(prepared_root):
     from gm.evaluation import load_feature_space
-    from pipelines.featurize import featurize
+    from gm.stages.featurize import featurize
 
     assert featurize("ring8", prepared_root, QUICK) == {"space": "pixels"}
     space = load_feature_space(prepared_root / "artifacts" / "featurizer" / "ring8")
@@ -169,7 +169,7 @@ def test_toys_are_compared_in_their_own_space(prepared_root):
 
 
 def test_stage_writes_model_and_metrics(prepared_root):
-    from pipelines.featurize import featurize
+    from gm.stages.featurize import featurize
 
     summary = featurize("digits", prepared_root, QUICK)
     out = prepared_root / "artifacts" / "featurizer" / "digits"

@@ -16,6 +16,7 @@ from gm.data.dataspec import DataSpec
 from gm.models.base import Batch
 from gm.models.fgan import DIVERGENCES, FGAN, Divergence, FGANConfig, generator_loss, variational_objective
 from gm.core.registry import FAMILIES
+from tests.helpers import DIGITS as IMAGE, TOY, toy_batch
 
 NAMES = sorted(DIVERGENCES)
 # Every f in Table 1 is normalised (f(1) = 0, so D_f(P‖P) = 0) except the GAN's, whose
@@ -203,8 +204,6 @@ def test_variational_objective_from_raw_critic_outputs(name):
 
 # --------------------------------------------------------------------------- the family
 
-TOY = DataSpec(shape=(2,), kind="toy")
-IMAGE = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 SMALL = {"hidden": 16, "depth": 2, "z_dim": 2}
 
 
@@ -212,10 +211,6 @@ def small_fgan(data: DataSpec = TOY, **overrides) -> FGAN:
     config = build(FGANConfig, {**SMALL, **overrides}, "test.fgan")
     torch.manual_seed(0)
     return FGAN(config, data)
-
-
-def toy_batch(b: int = 32, seed: int = 0) -> Batch:
-    return Batch(x=2 * torch.randn(b, 2, generator=torch.Generator().manual_seed(seed)))
 
 
 def test_fgan_is_registered_with_its_config():

@@ -27,13 +27,8 @@ from gm.models.base import GenerativeModel
 from gm.nn.mlp import mlp
 from gm.core.numerics import normal_log_prob
 from gm.core.registry import FAMILIES
-from tests.conftest import seeded, train_single_group
-from tests.test_models import perturb
+from tests.helpers import DIGITS as IMAGE, SMALL_IMAGE, TOY, VEC3, perturb, seeded, train_single_group
 
-TOY = DataSpec(shape=(2,), kind="toy")
-VEC3 = DataSpec(shape=(3,), kind="toy")
-IMAGE = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
-SMALL_IMAGE = DataSpec(shape=(1, 4, 4), kind="image", levels=17)
 
 # (family, config overrides): small enough for exact Jacobians, every variant of every family.
 VARIANTS = {

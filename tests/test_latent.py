@@ -12,9 +12,8 @@ from gm.models._latent import gaussian_kl, gaussian_posterior_sample
 from gm.models.base import Batch
 from gm.core.registry import FAMILIES
 from gm.core.numerics import normal_log_prob
-from tests.conftest import seeded
+from tests.helpers import DIGITS, seeded
 
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 
 
 def test_analytic_gaussian_kl_equals_its_monte_carlo_estimate():

@@ -9,10 +9,10 @@ import torch
 
 import gm.models  # noqa: F401  (fills the registry)
 from gm.core.config import build
-from gm.data.dataspec import DataSpec
 from gm.models.base import build_model
 from gm.core.registry import FAMILIES
 from gm.training.loop import Stepper, lr_factor
+from tests.helpers import TOY
 
 
 @pytest.mark.parametrize("schedule,step,expect", [
@@ -31,7 +31,7 @@ def test_unknown_schedule_names_the_field():
 
 
 def test_stepper_sets_every_group_lr_from_the_step_alone():
-    spec = DataSpec(shape=(2,), kind="toy")
+    spec = TOY
     config = build(FAMILIES["wgan_gp"].config_cls, {"hidden": 8, "depth": 1, "lr_gen": 1e-3, "lr_critic": 4e-3}, "m")
     model = build_model("wgan_gp", config, spec)
     stepper = Stepper(model, spec, torch.device("cpu"), torch.Generator().manual_seed(0), "linear", 200)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from gm.data.dataspec import DataSpec
 from gm.metrics import toy
 from gm.metrics import (bits_per_dim, class_metrics, fd, frechet_distance,
                         kid, mode_metrics, toy_report, w1, w1_noise_floor)
 from gm.core.registry import METRICS
+from tests.helpers import DIGITS
 
 RING8 = {"centers": np.stack([np.cos(2 * np.pi * np.arange(8) / 8),
                               np.sin(2 * np.pi * np.arange(8) / 8)], axis=1), "std": 0.01}
@@ -222,7 +222,7 @@ def test_bits_per_dim_standard_gaussian():
 
 def test_data_space_uniform_is_log2_17():
     # BENCHMARKS.md's "uniform 4.09": dequantized digits in [0, 17)^64, model space [-1, 1)^64.
-    spec = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
+    spec = DIGITS
     x = np.random.default_rng(16).uniform(0, 17, size=(100, spec.dim))
     z = (x - 8.5) / 8.5
     assert np.all(np.abs(z) <= 1)

@@ -19,10 +19,8 @@ from gm.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
 from gm.nn.mlp import mlp
 from gm.core.numerics import normal_log_prob
 from gm.core.registry import FAMILIES as REGISTRY
-from tests.conftest import seeded
+from tests.helpers import DIGITS as IMAGE, TOY, make_batch, perturb, seeded, train_steps
 
-TOY = DataSpec(shape=(2,), kind="toy")
-IMAGE = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
 SPECS = {"toy": TOY, "image": IMAGE}
 FAMILIES = sorted(REGISTRY)
 
@@ -37,41 +35,6 @@ def small_model(family: str, data: DataSpec, **overrides) -> GenerativeModel:
     config = build(cls.config_cls, {**SMALL, **SMALL_EXTRA.get(family, {}), **overrides}, f"test.{family}")
     torch.manual_seed(0)
     return cls(config, data)
-
-
-def make_batch(data: DataSpec, b: int = 32, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    if data.levels:
-        raw = torch.randint(0, data.levels, (b, *data.shape), generator=g)
-        x = data.to_model(raw, generator=g)  # (B, *shape) in [-1, 1)
-    else:
-        x = 2 * torch.randn((b, *data.shape), generator=g)  # toys span a few units
-    y = torch.randint(0, data.num_classes, (b,), generator=g) if data.num_classes else None
-    return Batch(x=x, y=y)
-
-
-
-
-def perturb(model: nn.Module, std: float, seed: int = 0) -> None:
-    """Random weights everywhere, so zero-initialised (identity) layers are not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
-
-
-def train(model: GenerativeModel, data_fn, steps: int) -> None:
-    """The training loop's schedule: per iteration, each group `repeats` times, in order."""
-    groups = model.step_groups()
-    opts = [g.make_optimizer() for g in groups]
-    for _ in range(steps):
-        for group, opt in zip(groups, opts):
-            for _ in range(group.repeats):
-                out = model.loss(data_fn(), group.name)
-                opt.zero_grad()
-                out.loss.backward()
-                opt.step()
-                model.after_step(group.name)
 
 
 # --------------------------------------------------------------------------- every family
@@ -122,7 +85,7 @@ def test_sample_shape_and_determinism(family, spec_name):
 def test_save_load_round_trip(family, spec_name, tmp_path):
     data = SPECS[spec_name]
     model = small_model(family, data)
-    train(model, lambda: make_batch(data), steps=1)  # weights away from their initial values
+    train_steps(model, lambda: make_batch(data), steps=1)  # weights away from their initial values
     model.eval()
     loaded = load_model(save_model(model, tmp_path / "model"))
     assert type(loaded) is type(model) and loaded.config == model.config and loaded.data == data

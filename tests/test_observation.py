@@ -16,7 +16,7 @@ from gm.nn.observation import (
     levels_of,
     make_observation,
 )
-from tests.conftest import seeded
+from tests.helpers import seeded
 
 SEVENTEEN = DataSpec(shape=(1,), kind="image", levels=17)
 BINARY = DataSpec(shape=(1,), kind="image", levels=2)

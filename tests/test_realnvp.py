@@ -15,13 +15,9 @@ from gm.flows.dequantization import DequantizationConfig
 from gm.flows.image import ActNorm, AffineCoupling, Squeeze, channel_mask, checkerboard_mask
 from gm.models.base import Batch
 from gm.models.realnvp import RealNVP, RealNVPConfig
-from tests.conftest import seeded, train_single_group
+from tests.helpers import SMALL_IMAGE, TOY, VEC3, perturb, seeded, train_single_group, train_steps
 from tests.test_flow_families import log_abs_det_jacobian
-from tests.test_models import perturb, train
 
-TOY = DataSpec(shape=(2,), kind="toy")
-VEC3 = DataSpec(shape=(3,), kind="toy")
-SMALL_IMAGE = DataSpec(shape=(1, 4, 4), kind="image", levels=17)
 DIGITS = DataSpec(shape=(1, 8, 8), kind="image", levels=17)
 
 # (data, overrides, perturbation std): every layout, small enough for exact Jacobians in float64.
@@ -228,7 +224,7 @@ def test_learns_a_shifted_correlated_gaussian():
     model = realnvp(TOY, hidden=32, depth=2, n_layers=2, lr=3e-3, actnorm=False)
     with torch.no_grad():
         before = -model.log_prob(test_x).mean().item()
-    train(model, lambda: Batch(draw(128)), steps=300)
+    train_steps(model, lambda: Batch(draw(128)), steps=300)
     with torch.no_grad():
         after = -model.log_prob(test_x).mean().item()
     entropy = math.log(2 * math.pi * math.e) + torch.logdet(chol).item()  # the best achievable NLL

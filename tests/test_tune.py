@@ -46,7 +46,7 @@ def test_two_trials_the_better_is_registered_and_the_diverged_fails_with_its_rea
     """A two-trial sweep end to end through the tune stage: one trial diverges, the other is registered."""
     import mlflow
 
-    from pipelines.tune import tune_sweep
+    from gm.stages.tune import tune_sweep
 
     write_params(sweep_root, sweep_params(num_samples=1, scheduler="fifo",
                                           space={"model.lr": {"grid": [1e-3, 1e12]}}))

@@ -11,7 +11,6 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from gm.core.config import ConfigError, build
-from gm.data.dataspec import DataSpec
 from gm.flows import (
     MADE,
     FlowSequence,
@@ -24,9 +23,8 @@ from gm.flows import (
 )
 from gm.models.base import load_model, save_model
 from gm.models.vae_flow import VAEFlow, VAEFlowConfig
-from tests.conftest import seeded, train_single_group
+from tests.helpers import TOY, seeded, train_single_group
 
-TOY = DataSpec(shape=(2,), kind="toy")
 D = 4
 
 

@@ -25,10 +25,8 @@ from gm.models.vqvae import (
     straight_through,
 )
 from gm.nn.pixelcnn import MaskedConv2d, PixelCNN, causal_mask
-from tests.conftest import seeded
+from tests.helpers import DIGITS, TOY, seeded
 
-DIGITS = DataSpec(shape=(1, 8, 8), kind="image", num_classes=10, levels=17)
-TOY = DataSpec(shape=(2,), kind="toy")
 
 
 def vqvae(data: DataSpec = DIGITS, **overrides) -> VQVAE:

@@ -1,0 +1,126 @@
+"""Stages `evaluate@<experiment>`, `evaluate_tuned@<sweep>` and `baseline@<dataset>`:
+one protocol on the test split, mean ± std over seeds.
+
+    source "train", name <experiment>  -> artifacts/eval/<experiment>/
+    source "tune", name <sweep>        -> artifacts/eval/tuned-<sweep>/
+    source "baseline", name <dataset>  -> artifacts/eval/baseline-<kind>-<dataset>/
+each holding metrics.json and samples.png.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gm import stage, tracking
+from gm.data.io import data_spec, read_meta, read_split
+from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_density, plot_samples
+from gm.core.files import read_json, write_json
+from gm.baselines import BASELINES, fit_baseline
+
+
+@dataclass
+class Candidate:
+    """Something to evaluate: one sampler per seed, and where its results go."""
+
+    label: str
+    family: str
+    dataset: str
+    source: str
+    samplers: dict = field(default_factory=dict)  # seed -> Evaluable
+    versions: dict = field(default_factory=dict)  # seed -> registered model version
+
+
+def trained(name: str, root: Path, params) -> list[Candidate]:
+    exp = params.experiment(name)
+    summary = read_json(root / "artifacts" / "train" / name / "metrics.json")
+    c = Candidate(name, exp.family, exp.dataset, "train")
+    for seed, row in summary["per_seed"].items():
+        c.samplers[int(seed)] = load_sampler(root / "artifacts" / "train" / name / "models" / f"seed-{seed}",
+                                             params.evaluate)
+        c.versions[int(seed)] = row.get("registered_version")
+    return [c]
+
+
+def tuned(name: str, root: Path, params) -> list[Candidate]:
+    exp = params.experiment(params.sweep(name).experiment)
+    best = read_json(root / "artifacts" / "tune" / name / "best.json")
+    c = Candidate(f"tuned-{name}", exp.family, exp.dataset, "tune")
+    c.samplers[params.evaluate.seed] = load_sampler(root / "artifacts" / "tune" / name / "model", params.evaluate)
+    c.versions[params.evaluate.seed] = best.get("registered_version")
+    return [c]
+
+
+def baselines(dataset: str, root: Path, params) -> list[Candidate]:
+    """scikit-learn's Gaussian mixture and KDE, hyperparameter chosen on validation, per seed."""
+    params.dataset(dataset)
+    data_dir = stage.prepared_dir(dataset, root)
+    spec_ = data_spec(data_dir)
+    train_x, _ = read_split(data_dir, "train")
+    val_x, _ = read_split(data_dir, "val")
+    out = []
+    for kind in sorted(BASELINES):
+        c = Candidate(f"baseline-{kind}-{dataset}", kind, dataset, "baseline")
+        for i in range(params.evaluate.baseline_seeds):
+            seed = params.evaluate.seed + i
+            c.samplers[seed] = fit_baseline(kind, train_x, val_x, spec_, seed=seed)
+        out.append(c)
+    return out
+
+
+SOURCES = {"train": trained, "tune": tuned, "baseline": baselines}
+
+
+def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
+    data_dir = stage.prepared_dir(c.dataset, root)
+    meta = read_meta(data_dir)
+    space = load_feature_space(root / "artifacts" / "featurizer" / c.dataset) if meta["kind"] == "image" else None
+    per_seed, first_samples = {}, None
+    for seed, sampler in c.samplers.items():
+        per_seed[seed], samples = evaluate(sampler, data_dir, params.evaluate, space, seed=seed)
+        if first_samples is None:
+            first_samples = samples
+    selected = {str(s): getattr(sampler, "selected", None) for s, sampler in c.samplers.items()}
+    summary = {"experiment": c.label, "family": c.family, "dataset": c.dataset, "source": c.source,
+               "featurizer": space.hash if space else None,
+               "registered_versions": {str(s): v for s, v in c.versions.items()},
+               **({"selected": selected} if c.source == "baseline" else {}), **aggregate(per_seed)}
+    out = root / "artifacts" / "eval" / c.label
+    write_json(out / "metrics.json", summary)
+    test_x, _ = read_split(data_dir, "test")
+    plot = plot_samples(out / "samples.png", first_samples[: params.evaluate.plot_samples], test_x, meta,
+                        f"{c.label} ({c.family} on {c.dataset})")
+    plots = [plot]
+    first = next(iter(c.samplers.values()))
+    recon = first.reconstruct(test_x[:50], params.evaluate.seed) if hasattr(first, "reconstruct") else None
+    if recon is not None and meta["kind"] == "image":  # rows of 10 test images, each over its reconstruction
+        pairs = np.stack([test_x[:50].reshape(5, 10, *test_x.shape[1:]), recon.reshape(5, 10, *test_x.shape[1:])], 1)
+        plots.append(plot_samples(out / "reconstructions.png", pairs.reshape(100, *test_x.shape[1:]), test_x, meta,
+                                  f"{c.label}: test images (odd rows) and reconstructions (even rows)"))
+    if first.likelihood is not None and meta["kind"] == "toy" and test_x.shape[1] == 2:
+        plots.append(plot_density(out / "density.png", first, test_x, f"{c.label} ({c.family}): "
+                                  f"{'exact' if first.likelihood == 'exact' else 'bound on the'} density",
+                                  params.evaluate.seed))
+    tags = tracking.stage_tags("evaluate", c.label, root, c.dataset, **{"gm.family": c.family,
+                                                                        "gm.featurizer": summary["featurizer"]})
+    with tracking.run(f"evaluate/{c.label}", tags):
+        tracking.log_params({"evaluate": vars(params.evaluate) | {"source": c.source,
+                                                                   "model_versions": summary["registered_versions"]}})
+        tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        for p in plots:
+            tracking.log_artifacts(p)
+        tracking.log_artifacts(out / "metrics.json")
+    for seed, version in c.versions.items():
+        if version is not None:
+            tracking.tag_version(tracking.registered_name(c.family, c.dataset), version,
+                                 {f"gm.test.{k}": f"{v:.6g}" for k, v in per_seed[seed].items()})
+    return summary
+
+
+def evaluate_source(source: str, name: str, root: Path) -> list[dict]:
+    """Evaluate every candidate of `source` ("train", "tune" or "baseline") named `name`; their summaries."""
+    params = stage.params(root)
+    tracking.setup(params.mlflow, root)
+    return [evaluate_candidate(c, root, params) for c in SOURCES[source](name, root, params)]
