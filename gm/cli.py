@@ -48,11 +48,10 @@ def cmd_check(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    import mlflow
     import numpy as np
 
     tracking.setup(stage.params(Path(args.root)).mlflow, Path(args.root))
-    model = mlflow.pyfunc.load_model(args.model_uri)
+    model = tracking.load_registered(args.model_uri)
     request = {"n": args.n, "seed": args.seed}
     if args.label is not None:
         request["label"] = args.label

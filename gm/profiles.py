@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gm import stage
+from gm import stage, tracking
 from gm.params import load_params
 
 
@@ -56,7 +56,7 @@ def run_profile(name: str, root: Path, keep_code: bool = False) -> Path:
     shutil.copy2(profile, work / "params.yaml")
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "GM_ROOT": str(work)}
-    env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{(root / 'mlflow.db').resolve()}")
+    env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(tracking.MlflowParams(), root))
     subprocess.run([sys.executable, "-m", "gm.cli", "--root", str(work), "data", "init"], cwd=work, env=env, check=True)
     r = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=work, env=env)
     if r.returncode != 0:

@@ -152,7 +152,15 @@ def log_metrics(metrics: Mapping) -> None:
     mlflow.log_metrics(finite_metrics(metrics))
 
 
+def set_tag(key: str, value: str) -> None:
+    """Tag the active run (e.g. gm.failure_reason of a diverged seed or a failed trial)."""
+    import mlflow
+
+    mlflow.set_tag(key, value)
+
+
 def log_artifacts(path: Path, artifact_path: str | None = None) -> None:
+    """A file or a folder's contents as artifacts of the active run (under `artifact_path`)."""
     import mlflow
 
     path = Path(path)
@@ -242,6 +250,13 @@ def promote_if_better(name: str, version: int, score: float) -> bool:
         client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_model_version_tag(name, str(version), "gm.champion_decision", decision)
     return promote
+
+
+def load_registered(model_uri: str):
+    """The pyfunc sampler of a registered model version, e.g. models:/gm-wgan_gp-grid25@champion."""
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri)
 
 
 def tag_version(name: str, version: int, tags: Mapping[str, str]) -> None:

@@ -161,6 +161,33 @@ def test_imports_go_down_the_layers_without_cycles_or_hidden_imports():
     assert not problems, "\n".join(problems)
 
 
+# The only modules that may import MLflow (at any depth, inside functions too).
+MLFLOW_MODULES = ("gm.tracking", "gm.serving")
+
+
+def importers_of(package: str, root: Path) -> dict[str, list[int]]:
+    """{module: lines} of our modules that import `package` or one of its submodules, anywhere in the file."""
+    out: dict[str, list[int]] = {}
+    for name, path in source_modules(root).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == package or n.startswith(package + ".") for n in names):
+                out.setdefault(name, []).append(node.lineno)
+    return out
+
+
+def test_only_tracking_and_serving_import_mlflow():
+    stray = {m: lines for m, lines in importers_of("mlflow", REPO).items() if m not in MLFLOW_MODULES}
+    assert not stray, f"MLflow is imported outside {MLFLOW_MODULES} (call gm.tracking instead): {stray}"
+
+
+def test_the_mlflow_rule_catches_an_import_inside_a_function(tmp_path):
+    root = _package(tmp_path, {"gm/stages/t.py": "def f():\n    import mlflow.pyfunc\n",
+                               "gm/tracking.py": "import mlflow\n"})
+    assert importers_of("mlflow", root) == {"gm.stages.t": [2], "gm.tracking": [1]}
+
+
 def _package(tmp_path: Path, files: dict[str, str]) -> Path:
     for rel, text in files.items():
         p = tmp_path / rel

@@ -38,9 +38,7 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
         score = float(outcome.metrics.get("val_score", math.inf))
         if outcome.diverged or outcome.checkpoint is None or not math.isfinite(score):
             reason = outcome.diverged or "no checkpoint with a finite validation score"
-            import mlflow
-
-            mlflow.set_tag("gm.failure_reason", reason)
+            tracking.set_tag("gm.failure_reason", reason)
             raise stage.StageError(f"experiment {exp.name} (seed {seed}) diverged ({reason}); nothing of this "
                                    f"seed was registered; lower the learning rates in experiments.{exp.name}.model")
         model_dir = outcome.export(dest)

@@ -61,18 +61,16 @@ def failure_reason(error: BaseException) -> str:
 def log_trial(row: dict, result, tags: dict, parent_id: str) -> None:
     """One nested MLflow run per trial (written by this driver only): knobs, curves, and the trial's
     final checkpoint as an artifact; a failed trial carries its reason."""
-    import mlflow
-
     with tracking.run(f"trial/{row['trial_id']}", {**tags, "gm.trial_id": row["trial_id"],
                                                    "gm.trial_status": row["status"]}, parent_run_id=parent_id):
         tracking.log_params({k: v for k, v in row.items() if k.startswith("config.")})
         tracking.log_history(row["curve"])
         tracking.log_metrics({"best_val_score": row["best_val_score"], "reports": row["reports"]})
         if row["error"]:
-            mlflow.set_tag("gm.failure_reason", row["error"])
+            tracking.set_tag("gm.failure_reason", row["error"])
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as d:
-                mlflow.log_artifacts(d, "final_checkpoint")
+                tracking.log_artifacts(Path(d), "final_checkpoint")
 
 
 def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
