@@ -221,7 +221,7 @@ def write_checkpoint(directory: Path, model, stepper: Stepper, step: int, metric
 
 
 def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, float]:
-    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=False)
+    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(load_model(directory / "model").state_dict())
     stepper.load_state_dict(state)
     return int(state["step"]), float(state["best"])
