@@ -37,6 +37,7 @@ import torch
 from ray.tune import Stopper
 
 from gm import stage
+from gm.core.layout import Layout
 from gm.data.io import data_spec, read_split
 from gm.models.base import build_model
 from gm.training.driver import fit
@@ -51,7 +52,7 @@ from gm.data.io import to_table
 
 
 def stage_times(root: Path) -> list[dict]:
-    rows = [json.loads(p.read_text()) for p in sorted((root / "artifacts" / "timings").glob("*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(Layout(root).timings_root.glob("*.json"))]
     return sorted(rows, key=lambda r: r["started"])
 
 
@@ -99,7 +100,7 @@ def peak_rss_mb() -> float:
 def bench_eval(root: Path, name: str, n: int) -> None:
     params = stage.params(root)
     exp = params.experiment(name)
-    model_dir = sorted((root / "artifacts" / "train" / name / "models").glob("seed-*"))
+    model_dir = Layout(root).train(name).seed_models()
     if not model_dir:
         print(f"eval: no trained model for {name}: run `make run` first")
         return
@@ -108,7 +109,7 @@ def bench_eval(root: Path, name: str, n: int) -> None:
     before = peak_rss_mb()
     t0 = time.perf_counter()
     sampler = load_sampler(model_dir[0], eval_params)
-    space = load_feature_space(root / "artifacts" / "featurizer" / exp.dataset)
+    space = load_feature_space(Layout(root).featurizer(exp.dataset))
     metrics, _ = evaluate(sampler, data_dir, eval_params, space)
     wall = time.perf_counter() - t0
     print(f"\nfull evaluation of {name} with {n} samples: {wall:.1f} s wall, peak RSS {peak_rss_mb():.0f} MB "

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from gm import stage, tracking
+from gm.core.layout import Layout
 from gm.params import load_params
 
 
@@ -50,7 +51,7 @@ def run_profile(name: str, root: Path, keep_code: bool = False) -> Path:
     without retraining what code changes elsewhere in the checkout would invalidate."""
     profile = root / "profiles" / f"{name}.yaml"
     load_params(profile)  # a bad profile fails here, in one line, before anything is copied
-    work = root / "artifacts" / "profiles" / name
+    work = Layout(root).profile_workspace(name)
     if not keep_code or not (work / ".git").is_dir():
         copy_checkout(root, work)
     shutil.copy2(profile, work / "params.yaml")
@@ -61,10 +62,10 @@ def run_profile(name: str, root: Path, keep_code: bool = False) -> Path:
     r = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=work, env=env)
     if r.returncode != 0:
         raise stage.StageError(f"profile {name}: dvc repro failed in {work} (exit {r.returncode}); see its output above")
-    dest = root / "reports" / "profiles" / name
+    dest = Layout(root).profile_reports(name)
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(work / "reports", dest)
+    shutil.copytree(Layout(work).reports.dir, dest)
     return dest
 
 

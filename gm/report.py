@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from gm.core.files import write_json
+from gm.core.layout import EvalPaths, Layout, ReportPaths
 from gm.featurizer import check_same_featurizer
 
 # Published numbers (../shared/BENCHMARKS.md), shown beside ours on the same definitions.
@@ -49,10 +50,11 @@ COLUMNS = {  # metric -> header
 
 def collect(root: Path) -> list[dict]:
     rows = []
-    for path in sorted((root / "artifacts" / "eval").glob("*/metrics.json")):
+    for path in Layout(root).eval_metrics():
         row = json.loads(path.read_text())
+        samples = EvalPaths(path.parent).samples
         # samples first, then the family's extra views (reconstructions, density heat maps)
-        row["_figures"] = sorted(path.parent.glob("*.png"), key=lambda f: (f.name != "samples.png", f.name))
+        row["_figures"] = sorted(path.parent.glob("*.png"), key=lambda f: (f != samples, f.name))
         rows.append(row)
     return rows
 
@@ -91,7 +93,7 @@ def featurizer_notes(root: Path, rows: list[dict]) -> dict[str, str]:
     """dataset -> a line naming the feature space its image metrics live in."""
     notes = {}
     for dataset in sorted({r["dataset"] for r in rows if r.get("featurizer")}):
-        path = root / "artifacts" / "featurizer-metrics" / f"{dataset}.json"
+        path = Layout(root).featurizer_metrics(dataset)
         info = json.loads(path.read_text()) if path.is_file() else {}
         if "hash" in info:
             notes[dataset] = (f"Image metrics in the feature space of the {dataset} featurizer "
@@ -122,7 +124,8 @@ def curves_plot(root: Path, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
-    runs = sorted((root / "artifacts" / "train").glob("*/history.json"))
+    layout, report = Layout(root), ReportPaths(out)
+    runs = layout.train_histories()
     if runs:
         fig, ax = plt.subplots(figsize=(7, 4))
         for p in runs:
@@ -137,10 +140,10 @@ def curves_plot(root: Path, out: Path) -> list[Path]:
         ax.legend(fontsize=7)
         ax.set_title("training curves")
         fig.tight_layout()
-        fig.savefig(out / "training_curves.png", dpi=110)
+        fig.savefig(report.training_curves, dpi=110)
         plt.close(fig)
-        made.append(out / "training_curves.png")
-    for p in sorted((root / "artifacts" / "tune").glob("*/curves.json")):
+        made.append(report.training_curves)
+    for p in layout.tune_curves():
         fig, ax = plt.subplots(figsize=(7, 4))
         for trial, curve in json.loads(p.read_text()).items():
             pts = [c for c in curve if c.get("val_score") is not None and math.isfinite(c["val_score"])]
@@ -150,7 +153,7 @@ def curves_plot(root: Path, out: Path) -> list[Path]:
         ax.set_title(f"tuning curves: {p.parent.name} (stopped trials end early)")
         ax.legend(fontsize=6)
         fig.tight_layout()
-        path = out / f"tuning_{p.parent.name}.png"
+        path = report.tuning_curves(p.parent.name)
         fig.savefig(path, dpi=110)
         plt.close(fig)
         made.append(path)
@@ -167,7 +170,7 @@ def rate_distortion_plots(root: Path, out: Path) -> list[Path]:
     import pandas as pd
 
     made = []
-    for p in sorted((root / "artifacts" / "tune").glob("*/trials.parquet")):
+    for p in Layout(root).tune_trials():
         df = pd.read_parquet(p)
         if not {"val_rate", "val_distortion"} <= set(df.columns):
             continue
@@ -186,7 +189,7 @@ def rate_distortion_plots(root: Path, out: Path) -> list[Path]:
         ax.set_ylabel("distortion: -E log p(x|z), nats")
         ax.set_title(f"rate-distortion: {p.parent.name} (validation, last report)")
         fig.tight_layout()
-        path = out / f"rate_distortion_{p.parent.name}.png"
+        path = ReportPaths(out).rate_distortion(p.parent.name)
         fig.savefig(path, dpi=110)
         plt.close(fig)
         made.append(path)
@@ -221,17 +224,19 @@ def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path], 
 
 
 def build_report(root: Path, out: Path) -> dict:
+    """Leaderboard, page, numbers and plots in `out` from the stage outputs under `root`; returns the numbers."""
     out.mkdir(parents=True, exist_ok=True)
+    report = ReportPaths(out)
     rows = collect(root)
     if not rows:
-        raise FileNotFoundError(f"{root / 'artifacts' / 'eval'}: no metrics.json; run the evaluate stages first")
+        raise FileNotFoundError(f"{Layout(root).eval_root}: no metrics.json; run the evaluate stages first")
     tabs = tables(rows)
     notes = featurizer_notes(root, rows)
-    (out / "leaderboard.md").write_text(markdown(tabs, notes))
+    report.leaderboard.write_text(markdown(tabs, notes))
     plots = curves_plot(root, out) + rate_distortion_plots(root, out)
-    figures = sorted((out / "figures").glob("*.png"))  # the figures stage's reproductions
-    (out / "index.html").write_text(html_page(tabs, notes, rows, plots, figures))
+    figures = sorted(report.figures.glob("*.png"))  # the figures stage's reproductions
+    report.index.write_text(html_page(tabs, notes, rows, plots, figures))
     flat = {r["experiment"]: {k: v for k, v in r.items() if k in COLUMNS or k.removesuffix("_std") in COLUMNS}
             for r in rows}
-    write_json(out / "metrics.json", flat)
+    write_json(report.metrics, flat)
     return flat

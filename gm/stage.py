@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from gm.core.config import ConfigError
+from gm.core.layout import Layout
 from gm.params import Params, load_params
 from gm.tracking import repo_root
 from gm.core.files import write_json
@@ -29,10 +30,8 @@ def params(at: Path | None = None) -> Params:
 
 
 def prepared_dir(dataset: str, at: Path | None = None) -> Path:
-    d = (at or root()) / "artifacts" / "prepared" / dataset
-    if not (d / "meta.json").is_file():
-        raise FileNotFoundError(f"{d}/meta.json: missing; run the prepare stage first (dvc repro prepare@{dataset})")
-    return d
+    """The prepared dataset's folder under `at` (default: the root); a one-line error if it is missing."""
+    return Layout(at or root()).require_prepared(dataset)
 
 
 def guarded(call):
@@ -62,5 +61,5 @@ def record_time(module: str, args, started: float) -> None:
     spec = getattr(sys.modules.get(module), "__spec__", None)  # `python -m pipelines.x` runs as __main__
     name = spec.name if spec is not None else module
     label = name.rsplit(".", 1)[-1] + "".join(f"@{a}" for a in args if not str(a).startswith("-"))
-    write_json(root() / "artifacts" / "timings" / f"{label}.json",
+    write_json(Layout(root()).timing(label),
                {"stage": label, "started": started, "seconds": time.time() - started})

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from gm import stage
+from gm.core.layout import Layout
 from gm.stages.prepare import prepare_dataset
 
 
@@ -17,7 +18,8 @@ from gm.stages.prepare import prepare_dataset
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="a name under data.datasets in params.yaml")
-    parser.add_argument("--out", default="artifacts/prepared", help="parent folder of the prepared dataset")
+    parser.add_argument("--out", default=str(Layout(Path()).prepared_root),
+                        help="parent folder of the prepared dataset")
     args = parser.parse_args(argv)
     root = stage.root()
     n = prepare_dataset(args.dataset, root, root / args.out)["n"]

@@ -18,6 +18,7 @@ from gm import stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
 from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_density, plot_samples
 from gm.core.files import read_json, write_json
+from gm.core.layout import Layout, baseline_label, tuned_label
 from gm.baselines import BASELINES, fit_baseline
 
 
@@ -35,20 +36,21 @@ class Candidate:
 
 def trained(name: str, root: Path, params) -> list[Candidate]:
     exp = params.experiment(name)
-    summary = read_json(root / "artifacts" / "train" / name / "metrics.json")
+    out = Layout(root).train(name)
+    summary = read_json(out.metrics)
     c = Candidate(name, exp.family, exp.dataset, "train")
     for seed, row in summary["per_seed"].items():
-        c.samplers[int(seed)] = load_sampler(root / "artifacts" / "train" / name / "models" / f"seed-{seed}",
-                                             params.evaluate)
+        c.samplers[int(seed)] = load_sampler(out.model(seed), params.evaluate)
         c.versions[int(seed)] = row.get("registered_version")
     return [c]
 
 
 def tuned(name: str, root: Path, params) -> list[Candidate]:
     exp = params.experiment(params.sweep(name).experiment)
-    best = read_json(root / "artifacts" / "tune" / name / "best.json")
-    c = Candidate(f"tuned-{name}", exp.family, exp.dataset, "tune")
-    c.samplers[params.evaluate.seed] = load_sampler(root / "artifacts" / "tune" / name / "model", params.evaluate)
+    out = Layout(root).tune(name)
+    best = read_json(out.best)
+    c = Candidate(tuned_label(name), exp.family, exp.dataset, "tune")
+    c.samplers[params.evaluate.seed] = load_sampler(out.model, params.evaluate)
     c.versions[params.evaluate.seed] = best.get("registered_version")
     return [c]
 
@@ -62,7 +64,7 @@ def baselines(dataset: str, root: Path, params) -> list[Candidate]:
     val_x, _ = read_split(data_dir, "val")
     out = []
     for kind in sorted(BASELINES):
-        c = Candidate(f"baseline-{kind}-{dataset}", kind, dataset, "baseline")
+        c = Candidate(baseline_label(kind, dataset), kind, dataset, "baseline")
         for i in range(params.evaluate.baseline_seeds):
             seed = params.evaluate.seed + i
             c.samplers[seed] = fit_baseline(kind, train_x, val_x, spec_, seed=seed)
@@ -76,7 +78,8 @@ SOURCES = {"train": trained, "tune": tuned, "baseline": baselines}
 def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
     data_dir = stage.prepared_dir(c.dataset, root)
     meta = read_meta(data_dir)
-    space = load_feature_space(root / "artifacts" / "featurizer" / c.dataset) if meta["kind"] == "image" else None
+    layout = Layout(root)
+    space = load_feature_space(layout.featurizer(c.dataset)) if meta["kind"] == "image" else None
     per_seed, first_samples = {}, None
     for seed, sampler in c.samplers.items():
         per_seed[seed], samples = evaluate(sampler, data_dir, params.evaluate, space, seed=seed)
@@ -87,20 +90,20 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
                "featurizer": space.hash if space else None,
                "registered_versions": {str(s): v for s, v in c.versions.items()},
                **({"selected": selected} if c.source == "baseline" else {}), **aggregate(per_seed)}
-    out = root / "artifacts" / "eval" / c.label
-    write_json(out / "metrics.json", summary)
+    out = layout.eval(c.label)
+    write_json(out.metrics, summary)
     test_x, _ = read_split(data_dir, "test")
-    plot = plot_samples(out / "samples.png", first_samples[: params.evaluate.plot_samples], test_x, meta,
+    plot = plot_samples(out.samples, first_samples[: params.evaluate.plot_samples], test_x, meta,
                         f"{c.label} ({c.family} on {c.dataset})")
     plots = [plot]
     first = next(iter(c.samplers.values()))
     recon = first.reconstruct(test_x[:50], params.evaluate.seed) if hasattr(first, "reconstruct") else None
     if recon is not None and meta["kind"] == "image":  # rows of 10 test images, each over its reconstruction
         pairs = np.stack([test_x[:50].reshape(5, 10, *test_x.shape[1:]), recon.reshape(5, 10, *test_x.shape[1:])], 1)
-        plots.append(plot_samples(out / "reconstructions.png", pairs.reshape(100, *test_x.shape[1:]), test_x, meta,
+        plots.append(plot_samples(out.reconstructions, pairs.reshape(100, *test_x.shape[1:]), test_x, meta,
                                   f"{c.label}: test images (odd rows) and reconstructions (even rows)"))
     if first.likelihood is not None and meta["kind"] == "toy" and test_x.shape[1] == 2:
-        plots.append(plot_density(out / "density.png", first, test_x, f"{c.label} ({c.family}): "
+        plots.append(plot_density(out.density, first, test_x, f"{c.label} ({c.family}): "
                                   f"{'exact' if first.likelihood == 'exact' else 'bound on the'} density",
                                   params.evaluate.seed))
     tags = tracking.stage_tags("evaluate", c.label, root, c.dataset, **{"gm.family": c.family,
@@ -111,7 +114,7 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         for p in plots:
             tracking.log_artifacts(p)
-        tracking.log_artifacts(out / "metrics.json")
+        tracking.log_artifacts(out.metrics)
     for seed, version in c.versions.items():
         if version is not None:
             tracking.tag_version(tracking.registered_name(c.family, c.dataset), version,

@@ -15,6 +15,7 @@ from gm.data.io import data_spec, read_split
 from gm.evaluation import PIXELS
 from gm.featurizer import FeaturizerConfig, predict, save_featurizer, train_featurizer
 from gm.core.files import write_json
+from gm.core.layout import Layout
 
 
 def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
@@ -22,7 +23,8 @@ def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
     measure it on test, save it under root/artifacts/featurizer/<dataset>; returns its metrics."""
     data_dir = stage.prepared_dir(dataset, root)
     data = data_spec(data_dir)
-    out = root / "artifacts" / "featurizer" / dataset
+    layout = Layout(root)
+    out = layout.featurizer(dataset)
     if out.exists():
         shutil.rmtree(out)
     if data.kind != "image" or not data.num_classes:
@@ -30,7 +32,7 @@ def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
             "unlabelled images: no classifier to train, metrics use pixels"
         write_json(out / "space.json", {"space": PIXELS, "hash": PIXELS, "reason": why})
         summary = {"space": PIXELS}
-        write_json(root / "artifacts" / "featurizer-metrics" / f"{dataset}.json", summary)
+        write_json(layout.featurizer_metrics(dataset), summary)
         return summary
     train_x, train_y = read_split(data_dir, "train")
     val_x, val_y = read_split(data_dir, "val")
@@ -44,5 +46,5 @@ def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
     summary["hash"] = save_featurizer(net, out / "model", {"dataset": dataset, **summary})
     write_json(out / "space.json", {"space": "featurizer", "hash": summary["hash"]})
     summary["seconds"] = fit["seconds"]
-    write_json(root / "artifacts" / "featurizer-metrics" / f"{dataset}.json", summary)
+    write_json(layout.featurizer_metrics(dataset), summary)
     return summary

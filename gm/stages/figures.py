@@ -15,12 +15,13 @@ import torch
 from gm import stage, tracking
 from gm.figures import grad_norms, mode_seeking
 from gm.core.files import write_json
+from gm.core.layout import Layout
 
 
 def figures(root: Path) -> Path:
     """Run both experiments, write their figures and numbers, log them to MLflow; returns their folder."""
     params = stage.params(root)
-    out = root / "reports" / "figures"
+    out = Layout(root).reports.figures
     torch.set_num_threads(1)  # small nets: threads only add overhead
     seeking = mode_seeking.run(seed=0)
     mode_seeking.plot(seeking, out / "mode_seeking.png")

@@ -5,14 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from gm import stage, tracking
+from gm.core.layout import Layout
 from gm.report import build_report
 
 
 def report(root: Path) -> dict:
     """Build the reports from every stage's outputs and log them to MLflow; returns the evaluated models."""
     params = stage.params(root)
-    flat = build_report(root, root / "reports")
+    out = Layout(root).reports.dir
+    flat = build_report(root, out)
     tracking.setup(params.mlflow, root)
     with tracking.run("report", tracking.stage_tags("report", "report", root)):
-        tracking.log_artifacts(root / "reports", "reports")
+        tracking.log_artifacts(out, "reports")
     return flat

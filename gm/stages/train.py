@@ -14,6 +14,7 @@ from pathlib import Path
 from gm import stage, tracking
 from gm.training.experiment import ExperimentConfig
 from gm.core.files import write_json
+from gm.core.layout import Layout
 from gm.models.base import load_model
 from gm.training.driver import TrainOutcome, check_buildable, fit_many
 from gm.training.cluster import init_ray, storage_path
@@ -64,7 +65,7 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
     exp = params.experiment(name)
     data_dir = stage.prepared_dir(exp.dataset, root)
     check_buildable(exp, data_dir)  # before Ray starts
-    out = root / "artifacts" / "train" / name
+    out = Layout(root).train(name)
     init_ray(params.ray)
     tracking.setup(params.mlflow, root)
     tags = tracking.stage_tags("train", name, root, exp.dataset, **{"gm.family": exp.family})
@@ -72,9 +73,9 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
     with tracking.run(f"train/{name}", tags) as parent:
         tracking.log_params(exp.to_dict())
         outcomes = fit_many(runs, data_dir, storage_path(params.ray, root), resume=resume)
-        write_json(out / "history.json", [{"seed": e.train.seed, **h} for (e, _), o in zip(runs, outcomes)
+        write_json(out.history, [{"seed": e.train.seed, **h} for (e, _), o in zip(runs, outcomes)
                                           for h in o.history])
-        rows = [record_seed(e, e.train.seed, o, out / "models" / f"seed-{e.train.seed}", parent.info.run_id, tags)
+        rows = [record_seed(e, e.train.seed, o, out.model(e.train.seed), parent.info.run_id, tags)
                 for (e, _), o in zip(runs, outcomes)]
         scores = [r["val_score"] for r in rows]
         best = min(rows, key=lambda r: r["val_score"])
@@ -88,5 +89,5 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
             "per_seed": {str(r["seed"]): r for r in rows},
         }
         tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, (dict, str))})
-        write_json(out / "metrics.json", summary)
+        write_json(out.metrics, summary)
     return summary

@@ -16,6 +16,7 @@ from gm import stage, tracking
 from gm.core.config import to_dict
 from gm.data.io import data_spec
 from gm.core.files import write_json
+from gm.core.layout import Layout
 from gm.models.base import load_model
 from gm.training.driver import check_buildable, export_selected
 from gm.training.cluster import init_ray, storage_path
@@ -81,7 +82,7 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
     check_buildable(exp, data_dir)  # before Ray starts
     if sweep.scheduler == "pbt":
         check_pbt_space(sweep, exp, data_spec(data_dir), f"tune.sweeps.{name}")
-    out = root / "artifacts" / "tune" / name
+    out = Layout(root).tune(name)
     storage = storage_path(params.ray, root)
     init_ray(params.ray)
     tracking.setup(params.mlflow, root)
@@ -92,8 +93,8 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
         rows = trial_rows(result.grid)
         for row, r in zip(rows, result.grid):
             log_trial(row, r, tags, parent.info.run_id)
-        chosen = export_selected(result.best, out / "model", exp.train.select)
-        model = load_model(out / "model")
+        chosen = export_selected(result.best, out.model, exp.train.select)
+        model = load_model(out.model)
         metric = validation_metric(model, model.data)
         best = {
             "sweep": name, "experiment": exp.name, "trial_id": result.best_trial_id,
@@ -103,12 +104,12 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
             "config": apply_overrides(exp.to_dict(), result.best_overrides),
         }
         tracking.log_metrics({"best_val_score": result.best_score, "trials": len(rows)})
-        version = tracking.register_version(out / "model", exp.family, exp.dataset, result.best_score, metric,
+        version = tracking.register_version(out.model, exp.family, exp.dataset, result.best_score, metric,
                                           model.likelihood, {"gm.source": "tune", "gm.sweep": name,
                                                              "gm.trial_id": result.best_trial_id})
         best["registered_version"] = version
-        write_json(out / "best.json", best)
+        write_json(out.best, best)
         table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
-        table.to_parquet(out / "trials.parquet", index=False)
-        write_json(out / "curves.json", {r["trial_id"]: r["curve"] for r in rows})
+        table.to_parquet(out.trials, index=False)
+        write_json(out.curves, {r["trial_id"]: r["curve"] for r in rows})
     return best

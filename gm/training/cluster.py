@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gm.core.config import ConfigError, bounded
+from gm.core.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -82,4 +83,4 @@ def storage_path(params: RayParams, repo_root: Path) -> str:
     if params.storage_path:
         p = params.storage_path
         return p if "://" in p else str((repo_root / p).resolve())
-    return str((repo_root / "artifacts" / "ray").resolve())
+    return str(Layout(repo_root).ray_storage.resolve())
