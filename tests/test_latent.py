@@ -9,10 +9,9 @@ import gm.models  # noqa: F401  (fills the registry)
 from gm.core.config import build
 from gm.data.dataspec import DataSpec
 from gm.models._latent import gaussian_kl, gaussian_posterior_sample
-from gm.models.base import Batch
 from gm.core.registry import FAMILIES
 from gm.core.numerics import normal_log_prob
-from tests.helpers import DIGITS, seeded
+from tests.helpers import DIGITS, seeded, train_single_group
 
 
 
@@ -38,17 +37,8 @@ def test_vae_trains_with_every_head_on_digits(decoder):
     model = cls(build(cls.config_cls, {"hidden": 32, "z_dim": 4, "decoder": decoder, "decoder_components": 2,
                                        "iwae_k": 8}, "m"), DIGITS)
     x = DIGITS.to_model(torch.randint(0, 17, (16, 1, 8, 8), generator=seeded(2)), generator=seeded(3))
-    (group,) = model.step_groups()
-    opt = group.make_optimizer()
-    first = None
-    for _ in range(30):
-        out = model.loss(Batch(x), "vae")
-        first = first if first is not None else out.loss.item()
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.after_step("vae")
-    assert out.loss.item() < first
+    losses = train_single_group(model, x, 30)
+    assert losses[-1] < losses[0]
     with torch.no_grad():
         lp = model.log_prob(x)
         assert lp.shape == (16,) and torch.isfinite(lp).all()
