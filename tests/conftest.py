@@ -49,6 +49,7 @@ def prepared(tmp_path_factory) -> Path:
     """A root with tiny prepared datasets (artifacts/prepared/<name>) and params.yaml."""
     from gm.params import parse_params
     from gm.data.bootstrap import materialise_default_data
+    from gm.core.layout import Layout
     from gm.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("prepared")
@@ -57,7 +58,7 @@ def prepared(tmp_path_factory) -> Path:
     write_params(root, raw)
     params = parse_params(raw, root / "params.yaml")
     for name, src in params.datasets.items():
-        prepare(name, src, root, root / "artifacts" / "prepared", params.data_seed, params.val_fraction,
+        prepare(name, src, root, Layout(root).prepared_root, params.data_seed, params.val_fraction,
                 params.test_fraction)
     return root
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from gm.core.config import ConfigError
+from gm.core.layout import Layout
 from gm.params import parse_params
 from tests.helpers import REPO, env_for, tiny_params, write_params
 
@@ -138,7 +139,7 @@ def test_a_model_that_does_not_fit_its_data_stops_the_stage_before_ray(tmp_path)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         "error: experiments.maf-ring8.model.dequantization: variational needs discrete data"), lines
-    assert not (tmp_path / "artifacts" / "train").exists()  # nothing trained, nothing written
+    assert not Layout(tmp_path).train_root.exists()  # nothing trained, nothing written
 
 
 def test_missing_data_file_is_named_before_anything_runs(tmp_path):

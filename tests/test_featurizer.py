@@ -148,32 +148,35 @@ def prepared_root(tmp_path_factory):
     """A root with prepared digits and ring8 (as the prepare stage writes them)."""
     from gm.data.bootstrap import materialise_default_data
     from gm.data.sources import build_source
+    from gm.core.layout import Layout
     from gm.stages.prepare import prepare
 
     root = tmp_path_factory.mktemp("featurize")
     materialise_default_data(root)
     for name, cfg in {"digits": {"source": "digits"}, "ring8": {"source": "ring8", "n": 500}}.items():
-        prepare(name, build_source(name, cfg), root, root / "artifacts" / "prepared", 0, 0.1, 0.2)
+        prepare(name, build_source(name, cfg), root, Layout(root).prepared_root, 0, 0.1, 0.2)
     return root
 
 
 def test_toys_are_compared_in_their_own_space(prepared_root):
+    from gm.core.layout import Layout
     from gm.evaluation import load_feature_space
     from gm.stages.featurize import featurize
 
     assert featurize("ring8", prepared_root, QUICK) == {"space": "pixels"}
-    space = load_feature_space(prepared_root / "artifacts" / "featurizer" / "ring8")
+    space = load_feature_space(Layout(prepared_root).featurizer("ring8"))
     assert space.hash == "pixels" and space.net is None
     x = np.arange(6.0).reshape(3, 2)
     assert (space.features(x) == x).all() and space.predict(x) is None
 
 
 def test_stage_writes_model_and_metrics(prepared_root):
+    from gm.core.layout import Layout
     from gm.stages.featurize import featurize
 
     summary = featurize("digits", prepared_root, QUICK)
-    out = prepared_root / "artifacts" / "featurizer" / "digits"
-    metrics = json.loads((prepared_root / "artifacts" / "featurizer-metrics" / "digits.json").read_text())
+    out = Layout(prepared_root).featurizer("digits")
+    metrics = json.loads(Layout(prepared_root).featurizer_metrics("digits").read_text())
     assert set(metrics) >= {"test_accuracy", "val_accuracy", "train_accuracy", "hash", "seconds", "num_params"}
     assert metrics["test_accuracy"] >= 0.9 and metrics == json.loads(json.dumps(summary))
     net, digest = load_featurizer(out / "model")

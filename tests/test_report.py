@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from gm.core.layout import Layout
 from gm.evaluation import aggregate
 from gm.report import build_report, markdown, tables
 
@@ -40,14 +41,15 @@ def test_numbers_from_different_featurizers_are_refused():
 def test_build_report_writes_markdown_html_and_metrics(tmp_path):
     for r in (row("vae-digits", fd=1.5, fd_std=0.1, seeds=2), row("gan-ring8", dataset="ring8", featurizer=None,
                                                                   modes=7.0, hq_pct=90.0, rkl=0.1)):
-        d = tmp_path / "artifacts" / "eval" / r["experiment"]
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps(r))
-    flat = build_report(tmp_path, tmp_path / "reports")
+        out = Layout(tmp_path).eval(r["experiment"])
+        out.dir.mkdir(parents=True)
+        out.metrics.write_text(json.dumps(r))
+    report = Layout(tmp_path).reports
+    flat = build_report(tmp_path, report.dir)
     assert flat["vae-digits"] == {"fd": 1.5, "fd_std": 0.1, "seeds": 2}
-    html = (tmp_path / "reports" / "index.html").read_text()
+    html = report.index.read_text()
     assert "<table>" in html and "1.5 ± 0.1" in html and "PacGAN" in html
-    assert "## ring8" in (tmp_path / "reports" / "leaderboard.md").read_text()
+    assert "## ring8" in report.leaderboard.read_text()
 
 
 def test_rate_distortion_plot_for_sweeps_that_report_rate_and_distortion(tmp_path):
@@ -55,13 +57,13 @@ def test_rate_distortion_plot_for_sweeps_that_report_rate_and_distortion(tmp_pat
 
     from gm.report import rate_distortion_plots
 
-    tune = tmp_path / "artifacts" / "tune"
-    (tune / "beta").mkdir(parents=True)
-    (tune / "clip").mkdir(parents=True)
+    beta, clip = Layout(tmp_path).tune("beta"), Layout(tmp_path).tune("clip")
+    beta.dir.mkdir(parents=True)
+    clip.dir.mkdir(parents=True)
     pd.DataFrame({"config.model.beta": [0.5, 1.0, 4.0], "status": ["ok", "ok", "error"],
                   "val_rate": [30.0, 20.0, None], "val_distortion": [50.0, 60.0, None]}
-                 ).to_parquet(tune / "beta" / "trials.parquet")
-    pd.DataFrame({"config.model.clip": [0.01], "status": ["ok"]}).to_parquet(tune / "clip" / "trials.parquet")
+                 ).to_parquet(beta.trials)
+    pd.DataFrame({"config.model.clip": [0.01], "status": ["ok"]}).to_parquet(clip.trials)
     made = rate_distortion_plots(tmp_path, tmp_path)
     assert [p.name for p in made] == ["rate_distortion_beta.png"]  # a GAN sweep has no rate
     assert made[0].stat().st_size > 1000
