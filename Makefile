@@ -12,6 +12,7 @@ PORT ?= 5000
 help:
 	@echo "make run    - set up .venv, materialise data/, run the DVC pipeline (prepare, train, tune, evaluate, report)"
 	@echo "make test   - set up .venv and run the test suite"
+	@echo "make test-fast - the suite without Ray, MLflow server or DVC runs (minutes)"
 	@echo "make ui     - serve the MLflow UI on http://127.0.0.1:$(PORT)"
 	@echo "make bench  - print per-stage and Ray Train overhead figures"
 
@@ -35,8 +36,9 @@ run: data
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
 
+# everything but the tests that start Ray or an MLflow server or run DVC (marked integration)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 --durations=10 -m "not integration" tests
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)

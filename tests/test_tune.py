@@ -1,5 +1,6 @@
-"""Real Ray Tune sweeps on tiny data: export of the better trial, divergence, PBT's exploit, a killed
-driver restored, and the registry's champion rule with a real MLflow store."""
+"""Real Ray Tune sweeps on tiny data (marked integration): export of the better trial, divergence, PBT's
+exploit, a killed driver restored; and without Ray: the trial log kept on restart, the resume rule, PBT's
+shape check and the registry's champion rule with a real MLflow store."""
 
 from __future__ import annotations
 
@@ -19,9 +20,7 @@ import pytest
 from gm.core.config import ConfigError
 from gm.params import parse_params
 from gm.models.base import load_model
-from tests.conftest import REPO, env_for, tiny_params, write_params
-
-pytestmark = pytest.mark.integration
+from tests.helpers import REPO, env_for, tiny_params, write_params
 
 
 def sweep_params(**sweep) -> dict:
@@ -42,6 +41,7 @@ def sweep_root(prepared, tmp_path) -> Path:
     return root
 
 
+@pytest.mark.integration
 def test_two_trials_the_better_is_registered_and_the_diverged_fails_with_its_reason(local_ray, sweep_root):
     """A two-trial sweep end to end through the tune stage: one trial diverges, the other is registered."""
     import mlflow
@@ -70,6 +70,7 @@ def test_two_trials_the_better_is_registered_and_the_diverged_fails_with_its_rea
     assert best["val_score"] == pytest.approx(min(m.value for m in curve))  # the best checkpoint was exported
 
 
+@pytest.mark.integration
 def test_pbt_exploits_a_stronger_trials_checkpoint_and_perturbs_its_knobs(local_ray, prepared, tmp_path):
     from tune.driver import run_sweep
 
@@ -183,6 +184,7 @@ def finished_trials(path: Path) -> int:
     return sum("TERMINATED" in json.dumps(t) for t in state.get("trial_data", []))
 
 
+@pytest.mark.integration
 def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local_ray, prepared, tmp_path):
     from tune.driver import read_sweep_record, run_sweep
 
