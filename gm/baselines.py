@@ -21,6 +21,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KernelDensity
 
 from gm.data.dataspec import DataSpec
+from gm.models.base import Capabilities, LikelihoodOf
 from gm.core.registry import Registry
 from gm.core.numerics import bits_per_dim
 
@@ -66,7 +67,8 @@ class Baseline:
     spec: DataSpec
     estimator: GaussianMixture | KernelDensity
     val_scores: dict = field(default_factory=dict)  # every grid value -> validation bits/dim
-    likelihood: ClassVar[str] = "exact"
+    capabilities: ClassVar[Capabilities] = Capabilities(likelihood="exact")  # nothing beyond a density
+    likelihood = LikelihoodOf()
 
     def log_prob(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
         """Per-row log density (n,) in nats, data space, of x (n, *spec.shape).

@@ -14,7 +14,6 @@ models through `ModelSampler`, scikit-learn baselines (gm.baselines) as they are
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -91,7 +90,7 @@ class ModelSampler:
     def reconstruct(self, x: np.ndarray, seed: int) -> np.ndarray | None:
         """Data-space reconstructions of x (decoder mean at the code of x) by an autoencoding
         family; None for families without an encoder."""
-        if not hasattr(self.model, "reconstruct"):
+        if not self.model.capabilities.reconstruction:
             return None
         return self.spec.to_data(self.model.reconstruct(self.to_model(x, seed))).cpu().numpy()
 
@@ -100,25 +99,21 @@ class ModelSampler:
         """Family-specific test metrics: reconstruction error (data space, per dimension) for
         autoencoders, codebook perplexity for vector-quantised ones."""
         out: dict[str, float] = {}
-        if not (hasattr(self.model, "reconstruct") or hasattr(self.model, "codebook_perplexity")):
+        caps = self.model.capabilities
+        if not (caps.reconstruction or caps.codebook):
             return out
         xm = self.to_model(x, seed)
-        if hasattr(self.model, "reconstruct"):
+        if caps.reconstruction:
             recon = self.spec.to_data(self.model.reconstruct(xm)).cpu().numpy()
             out["test_recon_mse"] = float(np.mean((recon.reshape(len(x), -1) - x.reshape(len(x), -1)) ** 2))
-        if hasattr(self.model, "codebook_perplexity"):
+        if caps.codebook:
             out["codebook_perplexity"] = float(self.model.codebook_perplexity(xm))
         return out
 
 
 def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
-    """Latent-variable families evaluate their IWAE bound with the (larger) evaluation k."""
-    if model.likelihood == "bound" and "iwae_k" in {f.name for f in dataclasses.fields(model.config)}:
-        state = model.state_dict()
-        model = type(model)(dataclasses.replace(model.config, iwae_k=k), model.data)
-        model.load_state_dict(state)
-        model.eval()
-    return model
+    """An importance-weighted bound is evaluated with the (larger) evaluation k; other models as they are."""
+    return model.with_importance_samples(k) if model.capabilities.importance_weighted else model
 
 
 def load_sampler(model_dir: Path, params: EvaluateParams) -> ModelSampler:

@@ -43,7 +43,7 @@ def sample_data(model: GenerativeModel, spec: DataSpec, n: int, seed: int = 0,
     which is what validation and evaluation compare against.
     """
     g = torch.Generator(device=model.device).manual_seed(seed)
-    if condition is None and getattr(model.config, "conditional", False):
+    if condition is None and model.capabilities.conditional:
         condition = torch.arange(n, device=model.device) % spec.num_classes
     out = []
     for i in range(0, n, batch_size):

@@ -9,6 +9,7 @@ from typing import Any, Literal, Mapping
 from gm.core.config import ConfigError, build, bounded
 from gm.training.experiment import ExperimentConfig
 from tune.spaces import SPACES
+from gm.core.registry import FAMILIES
 from gm.models.base import build_model
 
 # domain name -> (number of arguments, or None for a list, Ray Tune constructor name)
@@ -75,10 +76,8 @@ def check_space(space: Mapping, exp: ExperimentConfig, where: str) -> dict:
             except ConfigError as e:
                 raise ConfigError(f"{at}: value {v!r} is out of range ({str(e).split(': ', 1)[-1]})") from None
             model, train = (built, exp.train) if target is exp.model else (exp.model, built)
-            validate_train = getattr(model, "validate_train", None)  # the family's cross-section checks
             try:
-                if validate_train is not None:
-                    validate_train(train)
+                FAMILIES[exp.family].check_train(model, train)  # the family's cross-section checks
             except ConfigError as e:
                 raise ConfigError(f"{at}: value {v!r} conflicts with model.{e}") from None
         out[key] = {kind: list(args)}

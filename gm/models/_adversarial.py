@@ -19,7 +19,7 @@ generator (beside z) and the critic (beside x), and fakes take the labels of the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Literal
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from gm.core.config import ConfigError, bounded
 from gm.data.dataspec import DataSpec
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
+from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator, check_dcgan_data
 from gm.nn.mlp import (
     Activation,
@@ -65,11 +65,6 @@ class AdversarialConfig:
     instance_noise: float = bounded(0.0, ge=0)  # std of Gaussian noise added to every critic input
     instance_noise_steps: int = bounded(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
     pack: int = bounded(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
-
-    def validate_train(self, train) -> None:
-        """Checks against the training section: packing needs whole packs in every batch."""
-        if train.batch_size % self.pack:
-            raise ConfigError(f"pack: expected a divisor of train.batch_size ({train.batch_size}), got {self.pack}")
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -158,7 +153,16 @@ class AdversarialModel(GenerativeModel):
     """
 
     critic_out_dim: ClassVar[int] = 1  # Cramér GAN overrides (dimension of h(x))
-    likelihood = None
+
+    @classmethod
+    def capabilities_for(cls, config: AdversarialConfig) -> Capabilities:
+        return replace(cls.capabilities, conditional=config.conditional)
+
+    @classmethod
+    def check_train(cls, config: AdversarialConfig, train) -> None:
+        """Packing needs whole packs in every batch."""
+        if train.batch_size % config.pack:
+            raise ConfigError(f"pack: expected a divisor of train.batch_size ({train.batch_size}), got {config.pack}")
 
     def __init__(self, config: AdversarialConfig, data: DataSpec):
         super().__init__(config, data)

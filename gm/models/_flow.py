@@ -8,13 +8,15 @@ maximum-likelihood loss (one step group, "flow") and sampling through the invers
 
 Discrete data is dequantized as the config's `dequantization` says (`gm.flows.dequantization`,
 whose fields every flow config inherits): uniformly (the pipeline's noise, log p(x) exact), or
-by a jointly trained q(u | v), which the base builds as `self.dequantizer`. Then the instance's
-`likelihood` is "bound": `log_prob` is the importance-weighted bound L_k (k = `iwae_k`), the loss
-is -L_1 (the ELBO) and evaluation raises k (`gm.evaluation.with_eval_bound`). Sampling is the
+by a jointly trained q(u | v), which the base builds as `self.dequantizer`. Then the model's
+likelihood is "bound": `log_prob` is the importance-weighted bound L_k (k = `iwae_k`), the loss
+is -L_1 (the ELBO) and evaluation raises k (`with_importance_samples`). Sampling is the
 same either way: `DataSpec.to_data` floors samples onto their levels.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -23,7 +25,7 @@ from gm.data.dataspec import DataSpec, halvable_image
 from gm.flows.dequantization import DequantizationConfig, make_dequantizer
 from gm.flows.image import MultiScaleFlow
 from gm.models._latent import log_mean_exp_draws
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
+from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import check_unconditional, clamp_to_model_space
 from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import levels_of
@@ -44,13 +46,17 @@ def resolve_arch(arch: str, data: DataSpec, halvings: int, field: str) -> str:
 class FlowDensityModel(GenerativeModel):
     """x = f(z), z ~ p_Z (N(0, I) unless `prior_log_prob`/`prior_sample` say otherwise)."""
 
-    likelihood = "exact"
+    capabilities = Capabilities(likelihood="exact")
 
     def __init__(self, config: DequantizationConfig, data: DataSpec):
         super().__init__(config, data)
         self.dequantizer = make_dequantizer(config, data)  # None: uniform dequantization
-        if self.dequantizer is not None:
-            self.likelihood = "bound"
+
+    @classmethod
+    def capabilities_for(cls, config: DequantizationConfig) -> Capabilities:
+        if config.dequantization == "variational":
+            return replace(cls.capabilities, likelihood="bound", importance_weighted=True)
+        return cls.capabilities
 
     def step_groups(self) -> list[StepGroup]:
         return [StepGroup("flow", list(self.parameters()), lr=self.config.lr)]
@@ -110,6 +116,11 @@ class FlowDensityModel(GenerativeModel):
         if self.dequantizer is None:
             return self.flow_log_prob(x)
         return self.dequantized_bound(x, self.config.iwae_k)
+
+    def with_importance_samples(self, k: int) -> "FlowDensityModel":
+        if not self.capabilities.importance_weighted:  # uniform dequantization: log_prob is exact
+            return super().with_importance_samples(k)
+        return self.with_config(iwae_k=k)
 
     def loss(self, batch: Batch, group: str) -> ModelOutput:
         if group != "flow":

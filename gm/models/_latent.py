@@ -2,11 +2,12 @@
 the importance-weighted bound for every family whose posterior q(z|x) has a density.
 
 A family (vae.py, and the other encoder-decoder families) subclasses `LatentVariableModel`
-with its config (a subclass of `LatentConfig`) and implements `loss`. Families with an
-explicit q(z|x) also implement `posterior` (k reparameterised draws with their log q), and
-then inherit `elbo`, `iwae_bound` and `log_prob` (the bound L_k, Burda et al. 2015), so
+with its config (a subclass of `LatentConfig`) and implements `loss`; it reconstructs through
+`encode_mean`. Families with an explicit q(z|x) subclass `ExplicitPosteriorModel` instead and
+implement `posterior` (k reparameterised draws with their log q); they inherit `elbo`,
+`iwae_bound` and `log_prob` (the bound L_k, Burda et al. 2015, whose k evaluation raises), so
 their test NLL is an honest upper bound. Families whose encoder has no density (AAE, WAE,
-AVB's implicit encoder) keep `likelihood = None`.
+AVB's implicit encoder) have no likelihood.
 
 Shapes: x (B, *shape) model space; z (B, Z) or (k, B, Z) for k draws per row.
 """
@@ -21,7 +22,7 @@ from torch import nn
 
 from gm.core.config import bounded
 from gm.data.dataspec import DataSpec
-from gm.models.base import GenerativeModel, ModelOutput
+from gm.models.base import Capabilities, GenerativeModel, ModelOutput
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp
 from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import ObservationName, make_observation
@@ -80,7 +81,7 @@ def gaussian_posterior_sample(mu: torch.Tensor, logvar: torch.Tensor, k: int | N
 class LatentVariableModel(GenerativeModel):
     """Decoder z -> params of p(x|z) (an `Observation` head), a prior p(z) (N(0, I) unless overridden)."""
 
-    likelihood = "bound"
+    capabilities = Capabilities(reconstruction=True)
 
     def __init__(self, config: LatentConfig, data: DataSpec):
         super().__init__(config, data)
@@ -104,11 +105,6 @@ class LatentVariableModel(GenerativeModel):
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return randn((n, self.config.z_dim), generator, self.device)  # (n, Z)
 
-    def posterior(self, x: torch.Tensor, k: int | None = None,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised z ~ q(z|x) and log q(z|x): (B, Z), (B,) or, with k, (k, B, Z), (k, B)."""
-        raise NotImplementedError(f"{type(self).__name__} has no explicit posterior density")
-
     def after_step(self, group: str) -> None:
         self.obs.after_step()
 
@@ -119,6 +115,40 @@ class LatentVariableModel(GenerativeModel):
         if hasattr(self.obs, "log_std"):
             logs["decoder_log_std"] = self.obs.floored_log_std().mean().item()
         return ModelOutput(loss, logs)
+
+    # -- the contract -------------------------------------------------------------------------
+    def decode_sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x ~ p(x|z) (or its mean without `sample_noise`), clamped to model space: (n, *shape)."""
+        params = self.decode(z)
+        x = self.obs.sample(params, generator) if self.config.sample_noise else self.obs.mean(params)
+        return clamp_to_model_space(x, self.data).view(z.shape[0], *self.data.shape)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               condition: torch.Tensor | None = None) -> torch.Tensor:
+        check_unconditional(self, condition)
+        return self.decode_sample(self.prior_sample(n, generator), generator)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean at the posterior mean code (or the encoder's code): (B, *shape)."""
+        z = self.encode_mean(x)
+        return clamp_to_model_space(self.obs.mean(self.decode(z)), self.data).view(x.shape)
+
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """A point code for x (B, Z): the posterior mean, or a deterministic encoder's output."""
+        raise NotImplementedError
+
+
+class ExplicitPosteriorModel(LatentVariableModel):
+    """A latent-variable family whose posterior q(z|x) has a density: `log_prob` is the IWAE bound."""
+
+    capabilities = Capabilities(likelihood="bound", importance_weighted=True, reconstruction=True)
+
+    def posterior(self, x: torch.Tensor, k: int | None = None,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised z ~ q(z|x) and log q(z|x): (B, Z), (B,) or, with k, (k, B, Z), (k, B)."""
+        raise NotImplementedError(f"{type(self).__name__} has no explicit posterior density")
 
     def iwae_width(self) -> int:
         """The widest per-draw activation of one bound evaluation (sizes the IWAE chunks)."""
@@ -145,32 +175,11 @@ class LatentVariableModel(GenerativeModel):
     # -- the contract -------------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
         """The IWAE bound L_k (k = `iwae_k`) per row, in nats; a stochastic lower bound on log p(x)."""
-        if self.likelihood is None:
-            raise NotImplementedError(f"{type(self).__name__} has no explicit q(z|x), so no likelihood bound")
         check_unconditional(self, condition)
         return self.iwae_bound(x, self.config.iwae_k)
 
-    def decode_sample(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x ~ p(x|z) (or its mean without `sample_noise`), clamped to model space: (n, *shape)."""
-        params = self.decode(z)
-        x = self.obs.sample(params, generator) if self.config.sample_noise else self.obs.mean(params)
-        return clamp_to_model_space(x, self.data).view(z.shape[0], *self.data.shape)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None,
-               condition: torch.Tensor | None = None) -> torch.Tensor:
-        check_unconditional(self, condition)
-        return self.decode_sample(self.prior_sample(n, generator), generator)
-
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's mean at the posterior mean code (or the encoder's code): (B, *shape)."""
-        z = self.encode_mean(x)
-        return clamp_to_model_space(self.obs.mean(self.decode(z)), self.data).view(x.shape)
-
-    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """A point code for x (B, Z): the posterior mean, or a deterministic encoder's output."""
-        raise NotImplementedError
+    def with_importance_samples(self, k: int) -> "ExplicitPosteriorModel":
+        return self.with_config(iwae_k=k)
 
 
 def encoder_net(config: LatentConfig, data: DataSpec, out_dim: int, extra_in: int = 0) -> nn.Sequential:

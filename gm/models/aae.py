@@ -21,7 +21,7 @@ There is no density of the aggregated posterior q(z), so the AAE has no likeliho
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from gm.core.config import bounded
 from gm.data.dataspec import DataSpec
 from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, gaussian_posterior_sample
-from gm.models.base import Batch, ModelOutput, StepGroup
+from gm.models.base import Batch, Capabilities, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss, generator_loss
 from gm.nn.mlp import check_unconditional, label_count, mlp, one_hot_labels
 from gm.core.numerics import randn
@@ -78,7 +78,10 @@ class AAE(LatentVariableModel):
     """
 
     config_cls = AAEConfig
-    likelihood = None
+
+    @classmethod
+    def capabilities_for(cls, config: AAEConfig) -> Capabilities:
+        return replace(cls.capabilities, conditional=config.conditional)
 
     def __init__(self, config: AAEConfig, data: DataSpec):
         super().__init__(config, data)
@@ -160,7 +163,3 @@ class AAE(LatentVariableModel):
         elif condition is None:
             raise ValueError("AAE is conditional: pass condition= int64 labels of shape (n,)")
         return self.decode_sample(self.prior_sample(n, generator, condition), generator)
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError("AAE has no likelihood: the aggregated posterior q(z) is matched to p(z) "
-                                  "adversarially, without a density")

@@ -73,7 +73,6 @@ class AVB(LatentVariableModel):
     """
 
     config_cls = AVBConfig
-    likelihood = None
 
     def __init__(self, config: AVBConfig, data: DataSpec):
         super().__init__(config, data)
@@ -154,6 +153,3 @@ class AVB(LatentVariableModel):
             loss = recon + t
             logs = {"recon": recon.item(), "t": t.item()}
         return ModelOutput(loss, {"loss": loss.item(), "elbo_estimate": -loss.item(), **logs})
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError("AVB has no likelihood: T(x, z) estimates log q(z|x) - log p(z), it is no bound")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from gm.core.config import ConfigError, bounded
-from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net
+from gm.models._latent import ExplicitPosteriorModel, LatentConfig, encoder_net
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.core.numerics import rand
 from gm.core.registry import register_family
@@ -92,7 +92,7 @@ def categorical_kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
 
 
 @register_family("catvae")
-class CatVAE(LatentVariableModel):
+class CatVAE(ExplicitPosteriorModel):
     """VAE with N K-way categorical latents trained through the Gumbel-softmax relaxation;
     `log_prob` is the IWAE bound with exact discrete posterior samples."""
 

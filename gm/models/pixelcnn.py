@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ from torch import nn
 from gm.core.config import ConfigError, bounded
 from gm.data.dataspec import DataSpec
 from gm.flows import MADE
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
+from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import check_unconditional, label_count
 from gm.core.numerics import categorical, normal_log_prob, randn
 from gm.nn.observation import bin_centres, levels_of
@@ -195,7 +195,7 @@ class AutoregressiveModel(GenerativeModel):
     `log_prob` and `sample` run with dropout off (the eval-mode net), so both are deterministic.
     """
 
-    likelihood = "exact"
+    capabilities = Capabilities(likelihood="exact")
     group = "ar"
 
     def __init__(self, config, data: DataSpec):
@@ -208,6 +208,10 @@ class AutoregressiveModel(GenerativeModel):
         else:
             raise ConfigError(f"{type(self).__name__} needs discrete images (C, H, W) or continuous vectors, "
                               f"got {data.kind} data of shape {tuple(data.shape)} with {data.levels} levels")
+
+    @classmethod
+    def capabilities_for(cls, config) -> Capabilities:
+        return replace(cls.capabilities, conditional=config.conditional)
 
     def image_body(self) -> nn.Module:
         raise NotImplementedError

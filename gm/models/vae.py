@@ -15,13 +15,13 @@ import torch
 
 from gm.core.config import bounded
 from gm.models._latent import (
+    ExplicitPosteriorModel,
     LatentConfig,
-    LatentVariableModel,
     encoder_net,
     gaussian_kl,
     gaussian_posterior_sample,
 )
-from gm.models.base import Batch, ModelOutput, StepGroup
+from gm.models.base import Batch, Capabilities, ModelOutput, StepGroup
 from gm.core.registry import register_family
 
 __all__ = ["VAE", "VAEConfig", "gaussian_kl"]
@@ -33,10 +33,12 @@ class VAEConfig(LatentConfig):
 
 
 @register_family("vae")
-class VAE(LatentVariableModel):
+class VAE(ExplicitPosteriorModel):
     """Gaussian-posterior VAE on flattened vectors; `log_prob` is the IWAE bound L_k with k = `iwae_k`."""
 
     config_cls = VAEConfig
+    capabilities = Capabilities(likelihood="bound", importance_weighted=True, reconstruction=True,
+                                rate_distortion=True)
 
     def __init__(self, config: VAEConfig, data):
         super().__init__(config, data)

@@ -28,8 +28,8 @@ import torch
 
 from gm.core.config import bounded
 from gm.flows import FlowSequence, iaf_flows, maf_flows, planar_flows, radial_flows
-from gm.models._latent import LatentVariableModel, encoder_net, gaussian_posterior_sample
-from gm.models.base import Batch, ModelOutput, StepGroup
+from gm.models._latent import ExplicitPosteriorModel, encoder_net, gaussian_posterior_sample
+from gm.models.base import Batch, Capabilities, ModelOutput, StepGroup
 from gm.models.vae import VAEConfig
 from gm.core.numerics import normal_log_prob, randn
 from gm.core.registry import register_family
@@ -72,11 +72,13 @@ def build_prior_flow(c: VAEFlowConfig) -> FlowSequence:
 
 
 @register_family("vae_flow")
-class VAEFlow(LatentVariableModel):
+class VAEFlow(ExplicitPosteriorModel):
     """Gaussian VAE whose posterior q_K(z|x) (and optionally prior) is a normalizing flow;
     `log_prob` is the IWAE bound L_k (k = `iwae_k`) under the flow posterior."""
 
     config_cls = VAEFlowConfig
+    capabilities = Capabilities(likelihood="bound", importance_weighted=True, reconstruction=True,
+                                rate_distortion=True)
 
     def __init__(self, config: VAEFlowConfig, data):
         super().__init__(config, data)

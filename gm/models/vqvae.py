@@ -27,7 +27,7 @@ is a true lower bound, but a loose one. `log_prob` returns exactly this bound.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -37,7 +37,7 @@ from torch import nn
 
 from gm.core.config import ConfigError, bounded
 from gm.data.dataspec import DataSpec, halvable_image
-from gm.models.base import Batch, GenerativeModel, ModelOutput, StepGroup
+from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, label_count, mlp
 from gm.nn.observation import ObservationName, make_observation
 from gm.nn.pixelcnn import PixelCNN
@@ -200,7 +200,11 @@ class VQVAE(GenerativeModel):
     deterministic-posterior ELBO log p(x | z_q(x)) + log p(z_q(x)), a loose lower bound."""
 
     config_cls = VQVAEConfig
-    likelihood = "bound"
+    capabilities = Capabilities(likelihood="bound", reconstruction=True, codebook=True)
+
+    @classmethod
+    def capabilities_for(cls, config: VQVAEConfig) -> Capabilities:
+        return replace(cls.capabilities, conditional=config.conditional)
 
     def __init__(self, config: VQVAEConfig, data: DataSpec):
         super().__init__(config, data)

@@ -93,7 +93,6 @@ class WAE(LatentVariableModel):
     """
 
     config_cls = WAEConfig
-    likelihood = None
 
     def __init__(self, config: WAEConfig, data: DataSpec):
         super().__init__(config, data)
@@ -151,6 +150,3 @@ class WAE(LatentVariableModel):
             name = "gan_penalty"
         loss = recon + lam * penalty
         return ModelOutput(loss, {"loss": loss.item(), "recon": recon.item(), name: penalty.item()})
-
-    def log_prob(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError("WAE has no likelihood: its encoder and decoder are deterministic")

@@ -85,11 +85,12 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
         per_seed[seed], samples = evaluate(sampler, data_dir, params.evaluate, space, seed=seed)
         if first_samples is None:
             first_samples = samples
-    selected = {str(s): getattr(sampler, "selected", None) for s, sampler in c.samplers.items()}
+    # A baseline's samplers are gm.baselines.Baseline, with the hyperparameter validation chose.
+    selected = {"selected": {str(s): b.selected for s, b in c.samplers.items()}} if c.source == "baseline" else {}
     summary = {"experiment": c.label, "family": c.family, "dataset": c.dataset, "source": c.source,
                "featurizer": space.hash if space else None,
                "registered_versions": {str(s): v for s, v in c.versions.items()},
-               **({"selected": selected} if c.source == "baseline" else {}), **aggregate(per_seed)}
+               **selected, **aggregate(per_seed)}
     out = layout.eval(c.label)
     write_json(out.metrics, summary)
     test_x, _ = read_split(data_dir, "test")
@@ -97,7 +98,7 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
                         f"{c.label} ({c.family} on {c.dataset})")
     plots = [plot]
     first = next(iter(c.samplers.values()))
-    recon = first.reconstruct(test_x[:50], params.evaluate.seed) if hasattr(first, "reconstruct") else None
+    recon = first.reconstruct(test_x[:50], params.evaluate.seed) if first.capabilities.reconstruction else None
     if recon is not None and meta["kind"] == "image":  # rows of 10 test images, each over its reconstruction
         pairs = np.stack([test_x[:50].reshape(5, 10, *test_x.shape[1:]), recon.reshape(5, 10, *test_x.shape[1:])], 1)
         plots.append(plot_samples(out.reconstructions, pairs.reshape(100, *test_x.shape[1:]), test_x, meta,

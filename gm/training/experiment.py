@@ -88,12 +88,10 @@ def build_experiment(name: str, raw: Mapping, train_defaults: Mapping, datasets:
         )
     model = build(family_cls.config_cls, raw.get("model"), f"{where}.model")
     train = build(TrainParams, deep_merge(train_defaults, raw.get("train") or {}), f"{where}.train")
-    validate_train = getattr(model, "validate_train", None)  # a family's checks against the train section
-    if validate_train is not None:
-        try:
-            validate_train(train)
-        except ConfigError as e:
-            raise ConfigError(f"{where}.model.{e}") from None
+    try:
+        family_cls.check_train(model, train)  # the family's checks against the train section
+    except ConfigError as e:
+        raise ConfigError(f"{where}.model.{e}") from None
     return ExperimentConfig(name=name, family=raw["family"], dataset=raw["dataset"], model=model, train=train)
 
 

@@ -43,7 +43,7 @@ def validation_scores(model: GenerativeModel, spec: DataSpec, val_x: np.ndarray,
     if not math.isfinite(score):
         score = math.inf
     out = {"val_score": score, name: score}
-    if hasattr(model, "recon_and_kl"):  # a VAE-like family: where it sits on the rate-distortion plane
+    if model.capabilities.rate_distortion:  # a VAE-like family: where it sits on the rate-distortion plane
         out.update(rate_distortion(model, spec, val_x, seed))
     return out
 
