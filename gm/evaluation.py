@@ -1,12 +1,15 @@
 """One evaluation protocol for every family and baseline, on the same test split.
 
+Every registered metric (gm.metrics; see gm.core.registry.Metric) that applies to the data's
+kind and whose inputs the sampler can provide is computed, each input at most once:
 - Toys: modes covered, % high-quality samples and reverse KL (PacGAN, for data with
   known mode centres), exact W1 to held-out data and its noise floor.
 - Images: Fréchet distance, KID, precision/recall (k = 3) and density/coverage (k = 5)
   in the feature space of the dataset's featurizer (a versioned DVC output, identified
   by its hash), and class coverage/entropy under its classifier.
-- Families with a likelihood: test NLL (nats) and bits/dim in data space
-  (dequantized; an IWAE bound with `iwae_k` samples for latent-variable families).
+- Samplers with a likelihood: test NLL (nats) and bits/dim in data space (dequantized; an
+  importance-weighted bound with `iwae_k` samples where the model's bound has one).
+- Autoencoders: reconstruction error; vector-quantised ones: codebook perplexity.
 
 Anything that samples and (optionally) scores in data space can be evaluated: trained
 models through `ModelSampler`, scikit-learn baselines (gm.baselines) as they are.
@@ -20,20 +23,18 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
+import gm.metrics  # noqa: F401  (importing the package registers every metric)
 from gm.core.config import bounded
+from gm.core.registry import METRICS, Metric
 from gm.data.io import read_meta, read_split
 from gm.data.dataspec import DataSpec
-from gm.models.base import GenerativeModel, load_model
+from gm.models.base import Capabilities, GenerativeModel, LikelihoodOf, load_model
 from gm.inference import data_log_prob, sample_data
-from gm.metrics.toy import toy_report
-from gm.metrics.prdc import prdc
-from gm.metrics.likelihood import bits_per_dim
-from gm.metrics.images import class_metrics, fd, kid
 from gm.featurizer import predict
 from gm.featurizer import load_featurizer
 from gm.featurizer import features
@@ -51,10 +52,12 @@ class EvaluateParams:
 
 
 class Evaluable(Protocol):
-    """What the protocol needs: samples and, when there is one, a log-density in data space."""
+    """What the protocol needs, in data space: samples, and what `capabilities` declares:
+    `log_prob(x, seed)` with a likelihood, and (only then called) `reconstruct(x, seed)` with
+    reconstruction, `codebook_perplexity(x, seed)` with a codebook."""
 
     spec: DataSpec
-    likelihood: str | None
+    capabilities: Capabilities
 
     def sample(self, n: int, seed: int) -> np.ndarray: ...
 
@@ -66,14 +69,15 @@ class ModelSampler:
     """A trained gm model seen through the Evaluable protocol."""
 
     model: GenerativeModel
+    likelihood = LikelihoodOf()
 
     @property
     def spec(self) -> DataSpec:
         return self.model.data
 
     @property
-    def likelihood(self) -> str | None:
-        return self.model.likelihood
+    def capabilities(self) -> Capabilities:
+        return self.model.capabilities
 
     def sample(self, n: int, seed: int) -> np.ndarray:
         return sample_data(self.model, self.spec, n, seed=seed)
@@ -87,28 +91,14 @@ class ModelSampler:
         return self.spec.to_model(torch.from_numpy(np.asarray(x, dtype=np.float32)), generator=g).to(self.model.device)
 
     @torch.no_grad()
-    def reconstruct(self, x: np.ndarray, seed: int) -> np.ndarray | None:
-        """Data-space reconstructions of x (decoder mean at the code of x) by an autoencoding
-        family; None for families without an encoder."""
-        if not self.model.capabilities.reconstruction:
-            return None
+    def reconstruct(self, x: np.ndarray, seed: int) -> np.ndarray:
+        """Data-space reconstructions of x (decoder mean at the code of x) by an autoencoding family."""
         return self.spec.to_data(self.model.reconstruct(self.to_model(x, seed))).cpu().numpy()
 
     @torch.no_grad()
-    def extra_metrics(self, x: np.ndarray, seed: int) -> dict[str, float]:
-        """Family-specific test metrics: reconstruction error (data space, per dimension) for
-        autoencoders, codebook perplexity for vector-quantised ones."""
-        out: dict[str, float] = {}
-        caps = self.model.capabilities
-        if not (caps.reconstruction or caps.codebook):
-            return out
-        xm = self.to_model(x, seed)
-        if caps.reconstruction:
-            recon = self.spec.to_data(self.model.reconstruct(xm)).cpu().numpy()
-            out["test_recon_mse"] = float(np.mean((recon.reshape(len(x), -1) - x.reshape(len(x), -1)) ** 2))
-        if caps.codebook:
-            out["codebook_perplexity"] = float(self.model.codebook_perplexity(xm))
-        return out
+    def codebook_perplexity(self, x: np.ndarray, seed: int) -> float:
+        """The codebook perplexity of data-space x's codes, for a vector-quantised family."""
+        return float(self.model.codebook_perplexity(self.to_model(x, seed)))
 
 
 def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
@@ -161,6 +151,85 @@ def load_feature_space(directory: Path) -> FeatureSpace:
 # ------------------------------------------------------------------------------- protocol
 
 
+class Inputs:
+    """What metrics consume, by name: whether each is available is known up front; its value is
+    computed when a metric first asks, once. `seconds` holds the timings of the timed ones."""
+
+    def __init__(self, providers: dict[str, tuple[bool, Callable[[], object]]], timed: dict[str, str]):
+        self.providers = providers  # name -> (available, compute)
+        self.timed = timed  # name -> the key its computing time is reported under
+        self.values: dict[str, object] = {}
+        self.seconds: dict[str, float] = {}
+
+    def available(self, name: str) -> bool:
+        if name not in self.providers:
+            raise KeyError(f"unknown evaluation input {name!r}; expected one of: {', '.join(sorted(self.providers))}")
+        return self.providers[name][0]
+
+    def __getitem__(self, name: str):
+        if name not in self.values:
+            if not self.available(name):
+                raise KeyError(f"evaluation input {name!r} is not available here")
+            t0 = time.perf_counter()
+            self.values[name] = self.providers[name][1]()
+            if name in self.timed:
+                self.seconds[self.timed[name]] = time.perf_counter() - t0
+        return self.values[name]
+
+
+def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, modes: dict | None,
+                      params: EvaluateParams, space: FeatureSpace, seed: int) -> Inputs:
+    """The inputs a metric can consume (its `consumes` names them), and when each is available:
+    - samples, sample_count: the n_samples samples, when all are finite;
+    - test: the test split (data space); seed: the evaluation seed; dim: dimensions per example;
+    - num_classes: of labelled data; kid_subsets, kid_subset_size: EvaluateParams';
+    - mode_centers, mode_std: of toys with known modes (the prepared data's meta);
+    - sample_features, test_features: in `space`, computed together as `features` (the pair,
+      timed as feature_seconds), and predicted_labels of the samples under its classifier where
+      it has one; with finite samples;
+    - likelihood ("exact"/"bound"), test_log_likelihoods (timed as log_prob_seconds): samplers
+      with a likelihood;
+    - test_reconstructions: samplers that reconstruct; quantizer: the sampler, when it has a codebook.
+    """
+    caps, spec = ev.capabilities, ev.spec
+    finite = bool(np.isfinite(samples).all())
+    inputs = Inputs({
+        "samples": (finite, lambda: samples),
+        "sample_count": (finite, lambda: len(samples)),
+        "test": (True, lambda: test_x),
+        "seed": (True, lambda: seed),
+        "dim": (True, lambda: spec.dim),
+        "num_classes": (bool(spec.num_classes), lambda: spec.num_classes),
+        "kid_subsets": (True, lambda: params.kid_subsets),
+        "kid_subset_size": (True, lambda: params.kid_subset_size),
+        "mode_centers": (modes is not None, lambda: modes["centers"]),
+        "mode_std": (modes is not None, lambda: modes["std"]),
+        "features": (finite, lambda: (space.features(samples), space.features(test_x))),
+        "sample_features": (finite, lambda: inputs["features"][0]),
+        "test_features": (finite, lambda: inputs["features"][1]),
+        "predicted_labels": (finite and space.net is not None, lambda: space.predict(samples)),
+        "likelihood": (caps.likelihood is not None, lambda: caps.likelihood),
+        "test_log_likelihoods": (caps.likelihood is not None, lambda: ev.log_prob(test_x, seed)),
+        "test_reconstructions": (caps.reconstruction, lambda: ev.reconstruct(test_x, seed)),
+        "quantizer": (caps.codebook, lambda: ev),
+    }, timed={"features": "feature_seconds", "test_log_likelihoods": "log_prob_seconds"})
+    return inputs
+
+
+def applicable(kind: str, inputs: Inputs) -> list[Metric]:
+    """The registered metrics for data of `kind` whose every input is available, in registration order."""
+    return [m for m in METRICS.values()
+            if kind in m.kinds and all(inputs.available(name) for name in m.consumes.values())]
+
+
+def compute_metrics(kind: str, inputs: Inputs) -> dict[str, float]:
+    """Every applicable metric's values, merged, with the timings of the inputs they used."""
+    out: dict[str, float] = {}
+    for metric in applicable(kind, inputs):
+        out.update(metric.fn(**{param: inputs[name] for param, name in metric.consumes.items()}))
+    return {**out, **inputs.seconds}
+
+
 def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: FeatureSpace | None = None,
              seed: int | None = None) -> tuple[dict, np.ndarray]:
     """(metrics, samples) of one sampler on `data_dir`'s test split."""
@@ -173,42 +242,12 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
     samples = ev.sample(params.n_samples, seed)
     metrics["sample_seconds"] = time.perf_counter() - t0
     metrics["samples_per_s"] = params.n_samples / max(metrics["sample_seconds"], 1e-9)
-    finite = bool(np.isfinite(samples).all())
-    metrics["finite_samples"] = float(finite)
+    metrics["finite_samples"] = float(np.isfinite(samples).all())
 
-    if finite and ev.spec.kind == "toy":
-        metrics.update(toy_report(samples, test_x, meta.get("modes"), seed=seed))
-    elif finite:
-        metrics.update(image_metrics(samples, test_x, space or FeatureSpace(PIXELS), params, seed,
-                                     ev.spec.num_classes))
-
-    extra = getattr(ev, "extra_metrics", None)
-    if extra is not None:
-        metrics.update(extra(test_x, seed))
-
-    if ev.likelihood is not None:
-        t0 = time.perf_counter()
-        lp = ev.log_prob(test_x, seed)
-        metrics["log_prob_seconds"] = time.perf_counter() - t0
-        metrics.update({f"test_{k}": v for k, v in bits_per_dim(-lp, ev.spec.dim).items()})
-        metrics["test_bound"] = float(ev.likelihood == "bound")
+    inputs = evaluation_inputs(ev, samples, test_x, meta.get("modes"), params, space or FeatureSpace(PIXELS), seed)
+    metrics.update(compute_metrics(ev.spec.kind, inputs))
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     return metrics, samples
-
-
-def image_metrics(samples: np.ndarray, test_x: np.ndarray, space: FeatureSpace, params: EvaluateParams,
-                  seed: int, num_classes: int | None) -> dict:
-    """FD, KID, precision/recall/density/coverage in feature space; classes under its classifier."""
-    t0 = time.perf_counter()
-    fake, real = space.features(samples), space.features(test_x)
-    out = {"feature_seconds": time.perf_counter() - t0}
-    out.update(fd(real, fake))
-    out.update(kid(real, fake, subsets=params.kid_subsets, subset_size=params.kid_subset_size, seed=seed))
-    out.update(prdc(real, fake))
-    predicted = space.predict(samples)
-    if predicted is not None and num_classes:
-        out.update(class_metrics(predicted, num_classes))
-    return out
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict:

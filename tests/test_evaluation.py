@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from gm.evaluation import PIXELS, EvaluateParams, FeatureSpace, image_metrics
+from gm.evaluation import PIXELS, EvaluateParams, FeatureSpace, ModelSampler, compute_metrics, evaluation_inputs
+from gm.models.base import Capabilities
+from tests.helpers import DIGITS
+
+
+def metrics_of(ev, samples: np.ndarray, test: np.ndarray, params: EvaluateParams) -> dict:
+    """What evaluation reports for `samples` of `ev` against `test`, in pixel space."""
+    return compute_metrics(ev.spec.kind, evaluation_inputs(ev, samples, test, None, params, FeatureSpace(PIXELS), 0))
 
 
 def test_image_metrics_separate_real_digits_from_noise_in_pixel_space():
@@ -15,9 +24,9 @@ def test_image_metrics_separate_real_digits_from_noise_in_pixel_space():
     test, held = x[idx[:600]], x[idx[600:1200]]
     noise = np.random.default_rng(18).integers(0, 17, size=held.shape).astype(np.float64)
     params = EvaluateParams(kid_subsets=10, kid_subset_size=300)
-    space = FeatureSpace(PIXELS)
-    real = image_metrics(held, test, space, params, seed=0, num_classes=10)
-    fake = image_metrics(noise, test, space, params, seed=0, num_classes=10)
+    implicit = SimpleNamespace(spec=DIGITS, capabilities=Capabilities())  # samples only
+    real = metrics_of(implicit, held, test, params)
+    fake = metrics_of(implicit, noise, test, params)
     assert {"fd", "kid", "kid_std", "precision", "recall", "density", "coverage"} <= set(real)
     assert "class_coverage" not in real  # pixels have no classifier
     assert real["fd"] < 0.1 * fake["fd"] and real["kid"] < 0.1 * fake["kid"]
@@ -25,29 +34,30 @@ def test_image_metrics_separate_real_digits_from_noise_in_pixel_space():
 
 
 def test_family_specific_test_metrics():
-    import numpy as np
     import torch
 
     import gm.models  # noqa: F401
     from gm.core.config import build
-    from gm.evaluation import ModelSampler
     from gm.core.registry import FAMILIES
-    from tests.helpers import DIGITS as digits
 
     x = np.random.default_rng(0).integers(0, 17, size=(20, 1, 8, 8)).astype(np.float32)
+    unusable = np.full_like(x, np.nan)  # leaves out the sample metrics
+    params = EvaluateParams()
 
-    def sampler(family, **cfg):
+    def specific(family, **cfg):
         torch.manual_seed(0)
         cls = FAMILIES[family]
-        return ModelSampler(cls(build(cls.config_cls, {"hidden": 16, **cfg}, "m"), digits).eval())
+        sampler = ModelSampler(cls(build(cls.config_cls, {"hidden": 16, **cfg}, "m"), DIGITS).eval())
+        out = metrics_of(sampler, unusable, x, params)
+        return sampler, {k: v for k, v in out.items() if k in ("test_recon_mse", "codebook_perplexity")}
 
-    vae = sampler("vae", decoder="logistic").extra_metrics(x, 0)
-    recon = sampler("vae", decoder="logistic").reconstruct(x, 0)
+    vae, vae_metrics = specific("vae", decoder="logistic", iwae_k=2)
+    recon = vae.reconstruct(x, 0)
     assert recon.shape == x.shape and set(np.unique(recon)) <= set(range(17))  # back on the 17 levels
-    assert vae == {"test_recon_mse": pytest.approx(float(np.mean((recon - x) ** 2)))}
-    vq = sampler("vqvae", codebook_size=8).extra_metrics(x, 0)
+    assert vae_metrics == {"test_recon_mse": pytest.approx(float(np.mean((recon - x) ** 2)))}
+    _, vq = specific("vqvae", codebook_size=8)
     assert set(vq) == {"test_recon_mse", "codebook_perplexity"} and 1.0 <= vq["codebook_perplexity"] <= 8.0
-    assert sampler("gan", arch="dcgan").extra_metrics(x, 0) == {}
+    assert specific("gan", arch="dcgan")[1] == {}
 
 
 class _Gaussian2D:

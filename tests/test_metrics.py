@@ -1,15 +1,21 @@
 """Metrics against closed forms and independent implementations."""
 
+import dataclasses
+import functools
 import math
 
 import numpy as np
 import pytest
 import scipy.stats
 
+from gm.data.dataspec import DataSpec
+from gm.data.io import write_splits
+from gm.evaluation import PIXELS, EvaluateParams, FeatureSpace, compute_metrics, evaluate, evaluation_inputs
 from gm.metrics import toy
-from gm.metrics import (bits_per_dim, class_metrics, fd, frechet_distance,
-                        kid, mode_metrics, toy_report, w1, w1_noise_floor)
-from gm.core.registry import METRICS
+from gm.metrics import (class_metrics, fd, frechet_distance,
+                        kid, mode_metrics, held_out_likelihood, w1, w1_noise_floor)
+from gm.core.registry import METRICS, register_metric
+from gm.models.base import Capabilities
 from tests.helpers import DIGITS
 
 RING8 = {"centers": np.stack([np.cos(2 * np.pi * np.arange(8) / 8),
@@ -37,7 +43,8 @@ def mixture_samples(mixture, n, rng, modes=None):
 
 
 def test_registry_names():
-    assert {"modes", "w1", "w1_floor", "bits_per_dim", "fd", "kid", "classes"} <= set(METRICS)
+    assert {"modes", "w1", "w1_floor", "likelihood", "fd", "kid", "prdc", "classes", "recon_mse",
+            "codebook_perplexity"} <= set(METRICS)
 
 
 # ---- Fréchet distance ----
@@ -194,22 +201,14 @@ def test_modes_no_high_quality_samples():
     assert got == {"modes": 0.0, "hq_pct": 0.0, "rkl": pytest.approx(math.log(8))}
 
 
-def test_toy_report_keys():
-    rng = np.random.default_rng(13)
-    test = mixture_samples(RING8, 600, rng)
-    report = toy_report(mixture_samples(RING8, 300, rng), test, modes=RING8)
-    assert set(report) == {"w1", "w1_floor", "modes", "hq_pct", "rkl"}
-    assert all(type(v) is float for v in report.values())
-    assert set(toy_report(test[:100], test[100:])) == {"w1", "w1_floor"}
-
-
 # ---- likelihood ----
 
 def test_bits_per_dim_uniform_unit_cube_is_zero():
     rng = np.random.default_rng(14)
     x = rng.uniform(size=(1000, 8))
     log_p = np.zeros(len(x))  # density 1 on [0, 1)^D
-    assert bits_per_dim(-log_p, 8) == {"nll_nats": 0.0, "bits_per_dim": 0.0}
+    assert held_out_likelihood(log_p, 8, "exact") == {"test_nll_nats": 0.0, "test_bits_per_dim": 0.0, "test_bound": 0.0}
+    assert held_out_likelihood(log_p, 8, "bound")["test_bound"] == 1.0
 
 
 def test_bits_per_dim_standard_gaussian():
@@ -217,7 +216,7 @@ def test_bits_per_dim_standard_gaussian():
     x = np.random.default_rng(15).normal(size=(20_000, d))
     log_p = scipy.stats.multivariate_normal(np.zeros(d), np.eye(d)).logpdf(x)
     expected = d * 0.5 * math.log(2 * math.pi * math.e) / (d * math.log(2))  # entropy / (D ln 2)
-    assert bits_per_dim(-log_p, d)["bits_per_dim"] == pytest.approx(expected, rel=5e-3)
+    assert held_out_likelihood(log_p, d, "exact")["test_bits_per_dim"] == pytest.approx(expected, rel=5e-3)
 
 
 def test_data_space_uniform_is_log2_17():
@@ -228,7 +227,7 @@ def test_data_space_uniform_is_log2_17():
     assert np.all(np.abs(z) <= 1)
     log_p_model = np.full(len(x), -spec.dim * math.log(2))  # uniform on [-1, 1)^D
     log_p_data = log_p_model + spec.log_det_to_model  # change of variables to data space
-    got = bits_per_dim(-log_p_data, spec.dim)["bits_per_dim"]
+    got = held_out_likelihood(log_p_data, spec.dim, "exact")["test_bits_per_dim"]
     assert got == pytest.approx(math.log2(17), rel=1e-12)
     assert round(got, 2) == 4.09
 
@@ -245,3 +244,100 @@ def test_class_metrics_uniform_and_collapsed():
     half = class_metrics(np.arange(100) % 5, 10)
     assert half["class_coverage"] == 0.5
     assert half["class_entropy"] == pytest.approx(math.log(5))
+
+
+# ---- dispatch: evaluation calls every registered metric that applies ----
+
+
+class _Gaussian:
+    """An Evaluable with the given capabilities: seeded N(0, I) samples and their log-density."""
+
+    def __init__(self, spec, capabilities, finite=True):
+        self.spec, self.capabilities, self.finite = spec, capabilities, finite
+
+    def sample(self, n, seed):
+        x = np.random.default_rng(seed).normal(size=(n, *self.spec.shape)).astype(np.float32)
+        return x if self.finite else np.full_like(x, np.nan)
+
+    def log_prob(self, x, seed):
+        return scipy.stats.norm.logpdf(x.reshape(len(x), -1)).sum(1)
+
+    def reconstruct(self, x, seed):
+        return x + 0.5
+
+
+@pytest.fixture
+def called(monkeypatch) -> list[str]:
+    """The names of the registered metrics evaluation calls, in order (each still computes)."""
+    names = []
+    for name, metric in list(METRICS.items()):
+        def record(*args, _metric=metric, **kwargs):
+            names.append(_metric.name)
+            return _metric.fn(*args, **kwargs)
+
+        functools.update_wrapper(record, metric.fn)  # keeps the signature the registry checks
+        monkeypatch.setitem(METRICS, name, dataclasses.replace(metric, fn=record))
+    return names
+
+
+TOY2 = DataSpec(shape=(2,), kind="toy")
+PARAMS = EvaluateParams(n_samples=200, kid_subsets=2, kid_subset_size=50)
+
+
+@pytest.mark.parametrize("spec,caps,finite,modes,expected", [
+    (TOY2, Capabilities(likelihood="exact"), True, RING8, {"w1", "w1_floor", "modes", "likelihood"}),
+    (TOY2, Capabilities(), True, None, {"w1", "w1_floor"}),
+    (TOY2, Capabilities(likelihood="bound", reconstruction=True), False, RING8, {"likelihood", "recon_mse"}),
+    (DIGITS, Capabilities(likelihood="bound", reconstruction=True), True, None,
+     {"fd", "kid", "prdc", "likelihood", "recon_mse"}),
+    (DIGITS, Capabilities(), False, None, set()),
+], ids=["toy-modes-exact", "toy-implicit", "toy-non-finite", "image-autoencoder", "image-non-finite"])
+def test_dispatch_calls_exactly_the_applicable_metrics(called, spec, caps, finite, modes, expected):
+    ev = _Gaussian(spec, caps, finite)
+    test = np.random.default_rng(1).normal(size=(150, *spec.shape))
+    inputs = evaluation_inputs(ev, ev.sample(PARAMS.n_samples, 0), test, modes, PARAMS, FeatureSpace(PIXELS), 0)
+    out = compute_metrics(spec.kind, inputs)
+    assert sorted(called) == sorted(expected)  # each applicable metric once, no other
+    assert ("feature_seconds" in out) == ("fd" in expected) and ("test_bound" in out) == ("likelihood" in expected)
+    if "recon_mse" in expected:
+        assert out["test_recon_mse"] == pytest.approx(0.25)
+
+
+def test_features_are_computed_only_for_a_metric_that_needs_them(monkeypatch):
+    for name in ("fd", "kid", "prdc"):
+        monkeypatch.delitem(METRICS, name)
+    ev = _Gaussian(DIGITS, Capabilities(likelihood="exact"), True)
+    test = np.random.default_rng(1).normal(size=(50, *DIGITS.shape))
+    inputs = evaluation_inputs(ev, ev.sample(60, 0), test, None, PARAMS, FeatureSpace(PIXELS), 0)
+    out = compute_metrics("image", inputs)
+    assert "features" not in inputs.values and "feature_seconds" not in out and "log_prob_seconds" in out
+
+
+def test_a_metric_registered_in_a_test_shows_up_in_evaluation(tmp_path):
+    data_dir = tmp_path / "blob"
+    x = np.random.default_rng(2).normal(size=(400, 2))
+    write_splits(data_dir, x, None, {"kind": "toy", "shape": [2], "levels": None, "num_classes": None}, seed=0, val_fraction=0.1,
+                 test_fraction=0.25, source_hash="test")
+
+    @register_metric("test_mean_norm", consumes={"samples": "samples", "data": "test"}, kinds=("toy",))
+    def mean_norm(samples, data):
+        return {"sample_norm": float(np.linalg.norm(samples, axis=1).mean()),
+                "test_norm": float(np.linalg.norm(data, axis=1).mean())}
+
+    try:
+        metrics, samples = evaluate(_Gaussian(TOY2, Capabilities(), True), data_dir, PARAMS)
+    finally:
+        METRICS.pop("test_mean_norm")
+    assert metrics["sample_norm"] == float(np.linalg.norm(samples, axis=1).mean())
+    assert {"w1", "w1_floor", "test_norm"} <= set(metrics) and "test_mean_norm" not in METRICS
+
+
+def test_a_metric_must_bind_every_parameter_it_has_no_default_for():
+    def fn(samples, k):
+        return {}
+
+    with pytest.raises(ValueError, match="parameter 'k' of fn has no default"):
+        register_metric("test_unbound", consumes={"samples": "samples"}, kinds=("toy",))(fn)
+    with pytest.raises(ValueError, match="fn has no parameter 'n'"):
+        register_metric("test_unknown", consumes={"samples": "samples", "k": "seed", "n": "dim"}, kinds=("toy",))(fn)
+    assert "test_unbound" not in METRICS and "test_unknown" not in METRICS

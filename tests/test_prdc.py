@@ -44,7 +44,7 @@ def brute_force_prdc(real, fake, k_pr, k_dc):
 
 
 def test_registered():
-    assert METRICS["prdc"] is prdc
+    assert METRICS["prdc"].fn is prdc
 
 
 def test_identical_distributions():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -35,8 +37,42 @@ class Registry(dict):
         return self[name]
 
 
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: `fn` returns flat {name: float}, and evaluation calls it with
+    fn(**{param: <input named consumes[param]>}) on data of the `kinds` it applies to ("toy",
+    "image"), whenever every input it consumes is available (gm.evaluation.evaluation_inputs)."""
+
+    name: str
+    fn: Callable[..., dict[str, float]]
+    consumes: Mapping[str, str]  # fn's parameter -> the evaluation input passed to it
+    kinds: tuple[str, ...]
+
+    def __post_init__(self):
+        params = inspect.signature(self.fn).parameters
+        for p in self.consumes:
+            if p not in params:
+                raise ValueError(f"metric {self.name!r}: {self.fn.__name__} has no parameter {p!r}")
+        for p in params.values():
+            if p.default is p.empty and p.name not in self.consumes:
+                raise ValueError(f"metric {self.name!r}: parameter {p.name!r} of {self.fn.__name__} "
+                                 "has no default and consumes no input")
+        if not self.kinds:
+            raise ValueError(f"metric {self.name!r}: expected the data kinds it applies to, got none")
+
+
 FAMILIES = Registry("model family")
 METRICS = Registry("metric")
 
 register_family = FAMILIES.register
-register_metric = METRICS.register
+
+
+def register_metric(name: str, *, consumes: Mapping[str, str], kinds: tuple[str, ...]) -> Callable[[T], T]:
+    """Register the decorated function as metric `name` (see Metric); the function is returned
+    as it is, to be called directly too."""
+
+    def decorate(fn: T) -> T:
+        METRICS.register(name)(Metric(name, fn, dict(consumes), tuple(kinds)))  # type: ignore[arg-type]
+        return fn
+
+    return decorate

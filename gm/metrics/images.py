@@ -54,7 +54,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
 
 
-@register_metric("fd")
+@register_metric("fd", consumes={"features_a": "test_features", "features_b": "sample_features"},
+                 kinds=("image",))
 def fd(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
     """Fréchet distance between Gaussians fitted to features (N, d) and (M, d).
 
@@ -81,7 +82,9 @@ def _mmd2_unbiased_poly(x: np.ndarray, y: np.ndarray) -> float:
     return float(within - 2.0 * kxy.mean())
 
 
-@register_metric("kid")
+@register_metric("kid", consumes={"features_a": "test_features", "features_b": "sample_features",
+                                  "subsets": "kid_subsets", "subset_size": "kid_subset_size", "seed": "seed"},
+                 kinds=("image",))
 def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100,
         subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
     """Kernel Inception Distance between features (N, d) and (M, d).
@@ -106,7 +109,8 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100,
     return {"kid": float(values.mean()), "kid_std": float(values.std())}
 
 
-@register_metric("classes")
+@register_metric("classes", consumes={"predicted_labels": "predicted_labels", "num_classes": "num_classes"},
+                 kinds=("image",))
 def class_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """How evenly samples spread over classes, from a classifier's predicted labels (N,).
 

@@ -16,7 +16,8 @@ EMD_MAX_ITER = 10_000_000
 HQ_RADIUS_STDS = 3.0  # PacGAN: high quality = within 3 std of the nearest centre
 
 
-@register_metric("modes")
+@register_metric("modes", consumes={"samples": "samples", "centers": "mode_centers", "std": "mode_std"},
+                 kinds=("toy",))
 def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[str, float]:
     """PacGAN's mode-collapse scores for a mixture of isotropic Gaussians.
 
@@ -63,7 +64,7 @@ def _w1(a: np.ndarray, b: np.ndarray) -> float:
     return float(value)
 
 
-@register_metric("w1")
+@register_metric("w1", consumes={"a": "samples", "b": "test"}, kinds=("toy",))
 def w1(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """Exact Wasserstein-1 between the empirical measures of a (N, d) and b (M, d).
 
@@ -73,7 +74,8 @@ def w1(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     return {"w1": _w1(a, b)}
 
 
-@register_metric("w1_floor")
+# At the samples' size, so only beside a W1 of usable samples.
+@register_metric("w1_floor", consumes={"data": "test", "n": "sample_count", "seed": "seed"}, kinds=("toy",))
 def w1_noise_floor(data: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
     """W1 between two disjoint random subsets of size n of held-out data.
 
@@ -87,16 +89,3 @@ def w1_noise_floor(data: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
     idx = np.random.default_rng(seed).permutation(len(data))
     return {"w1_floor": _w1(data[idx[:n]], data[idx[n:2 * n]])}
 
-
-def toy_report(samples: np.ndarray, test: np.ndarray, modes: dict | None = None,
-               seed: int = 0) -> dict[str, float]:
-    """All toy metrics for one set of samples (N, 2) against held-out test points.
-
-    W1 to the test set, and the noise floor at the same sample size (drawn from the
-    test set). modes = {"centers": (K, 2), "std": float} adds PacGAN's mode scores; leave
-    it None for data without known centres (Swiss roll).
-    """
-    report = {**w1(samples, test), **w1_noise_floor(test, len(samples), seed)}
-    if modes is not None:
-        report.update(mode_metrics(samples, modes["centers"], modes["std"]))
-    return report
