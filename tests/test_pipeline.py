@@ -1,4 +1,9 @@
-"""End to end: `dvc repro` of a tiny profile in a copy of the repo, then the registry from a fresh process."""
+"""End to end: one `dvc repro` of a tiny profile in a copy of the repo (a module fixture), then one
+test per stage or concern, and the registry read from a fresh process.
+
+The repro runs with --keep-going: a failing stage fails its own test and the tests of the stages
+after it (each with the repro's tail), while the stages that do not depend on it are still checked.
+"""
 
 from __future__ import annotations
 
@@ -6,87 +11,199 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import env_for, tiny_params, write_params
+from tests.helpers import copy_repo, env_for, tiny_params, write_params
 
 pytestmark = pytest.mark.integration
 
 
 def run(cmd, root, **kw):
     r = subprocess.run(cmd, cwd=root, env=env_for(root), capture_output=True, text=True, **kw)
-    assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0, f"{cmd} failed:\n{tail(r)}"
     return r
 
 
-def test_dvc_repro_trains_tunes_evaluates_and_registers(tmp_repo):
-    root = tmp_repo
-    write_params(root, tiny_params())
-    run([sys.executable, "-m", "gm.cli", "data", "init"], root)
-    # same bytes as the committed data.dvc: the raw data is clean on a fresh machine
-    assert "data.dvc" not in run(["dvc", "status", "data.dvc"], root).stdout
-    run(["dvc", "repro"], root, timeout=1200)
+def tail(r) -> str:
+    return f"{(r.stdout or '')[-3000:]}\n{(r.stderr or '')[-3000:]}"
 
-    # DVC: outputs, metrics and a lock that records the interpolated params
-    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+
+@dataclass
+class Repro:
+    root: Path
+    data_status: str = ""  # `dvc status data.dvc` after `gm data init`
+    failure: str | None = None  # what went wrong, with the tail of its output
+    tracking: dict = field(default_factory=dict)  # what the fresh-process MLflow reader saw
+
+    def path(self, relative: str) -> Path:
+        """An output of the pipeline; a missing one fails the test with why the repro did not make it."""
+        p = self.root / relative
+        if not p.exists():
+            why = self.failure or "dvc repro succeeded but did not write it"
+            pytest.fail(f"{relative} is missing: {why}", pytrace=False)
+        return p
+
+    def json(self, relative: str) -> dict:
+        return json.loads(self.path(relative).read_text())
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory) -> Repro:
+    """`gm data init` and `dvc repro` of the tiny profile in a fresh copy of the repository, once."""
+    out = Repro(copy_repo(tmp_path_factory.mktemp("pipeline") / "repo"))
+    write_params(out.root, tiny_params())
+    try:
+        run([sys.executable, "-m", "gm.cli", "data", "init"], out.root)
+        out.data_status = run(["dvc", "status", "data.dvc"], out.root).stdout
+        r = subprocess.run(["dvc", "repro", "--keep-going"], cwd=out.root, env=env_for(out.root),
+                           capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            out.failure = f"dvc repro failed (exit {r.returncode}):\n{tail(r)}"
+    except AssertionError as e:
+        out.failure = str(e)
+    except subprocess.TimeoutExpired as e:
+        out.failure = f"dvc repro timed out after {e.timeout} s:\n{tail(e)}"
+    return out
+
+
+def test_dvc_repro_runs_every_stage(repro):
+    assert repro.failure is None, repro.failure
+
+
+def test_raw_data_is_clean_and_the_lock_records_the_interpolated_params(repro):
+    # same bytes as the committed data.dvc: the raw data is clean on a fresh machine
+    assert "data.dvc" not in repro.data_status
+    lock = yaml.safe_load(repro.path("dvc.lock").read_text())["stages"]
+    if "train@vae-digits" not in lock or "prepare@digits" not in lock:
+        pytest.fail(f"dvc.lock lacks train@vae-digits or prepare@digits: {repro.failure}", pytrace=False)
     assert lock["train@vae-digits"]["params"]["params.yaml"]["experiments.vae-digits"]["family"] == "vae"
     assert "data" in {d["path"] for d in lock["prepare@digits"]["deps"]}
-    ev = json.loads((root / "artifacts/eval/vae-digits/metrics.json").read_text())
+
+
+def test_tune_exports_the_better_trial(repro):
+    best = repro.json("artifacts/tune/vae-digits/best.json")
+    assert best["overrides"]["model.beta"] in (0.5, 2.0)
+
+
+def test_evaluate_scores_seeds_and_baselines_on_one_split_and_protocol(repro):
+    ev = repro.json("artifacts/eval/vae-digits/metrics.json")
     assert 0 < ev["test_bits_per_dim"] < 10 and ev["test_bound"] == 1.0
     assert ev["seeds"] == 2 and ev["test_bits_per_dim_std"] > 0 and set(ev["per_seed"]) == {"0", "1"}
-    featurizer = json.loads((root / "artifacts/featurizer-metrics/digits.json").read_text())
+    featurizer = repro.json("artifacts/featurizer-metrics/digits.json")
     assert ev["featurizer"] == featurizer["hash"] and 0 <= ev["precision"] <= 1 and ev["fd"] > 0
     for kind in ("gmm", "kde"):  # baselines on the same split, by the same protocol
-        base = json.loads((root / f"artifacts/eval/baseline-{kind}-digits/metrics.json").read_text())
+        base = repro.json(f"artifacts/eval/baseline-{kind}-digits/metrics.json")
         assert base["featurizer"] == featurizer["hash"] and base["seeds"] == 2
         assert 2.0 < base["test_bits_per_dim"] < 4.09
-    toy = json.loads((root / "artifacts/eval/wgan_gp-ring8/metrics.json").read_text())
+    toy = repro.json("artifacts/eval/wgan_gp-ring8/metrics.json")
     assert 0 <= toy["modes"] <= 8 and toy["w1"] > 0
-    best = json.loads((root / "artifacts/tune/vae-digits/best.json").read_text())
-    assert best["overrides"]["model.beta"] in (0.5, 2.0)
-    board = (root / "reports/leaderboard.md").read_text()
+
+
+def test_report_ranks_models_beside_the_baselines(repro):
+    board = repro.path("reports/leaderboard.md").read_text()
     assert board.count("PacGAN") >= 2 and "baseline-gmm-digits" in board and " ± " in board
+
+
+# MLflow, read from a fresh process: runs tagged with commit and data hash, nested trials, registered
+# models with champions that load and predict
+READ_TRACKING = textwrap.dedent("""
+    import json, traceback, mlflow, numpy as np
+    from mlflow import MlflowClient
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")  # the embedded default, in this copy of the repo
+    c = MlflowClient()
+    out = {}
+
+    def part(key, fn):
+        try:
+            out[key] = fn()
+        except Exception:
+            out[key] = {"error": traceback.format_exc()[-2000:]}
+
+    try:
+        runs = c.search_runs([c.get_experiment_by_name("gm-test").experiment_id], max_results=200)
+    except Exception:  # no experiment: every part below fails with its own KeyError
+        runs = []
+    names = {r.info.run_name: r for r in runs}
+
+    def train():
+        tags = names["train/vae-digits"].data.tags
+        return {"commit": tags["mlflow.source.git.commit"], "data_md5": tags["gm.data_md5"]}
+
+    def tune():
+        parent = names["tune/vae-digits"].info.run_id
+        return {"children": sum(r.data.tags.get("mlflow.parentRunId") == parent for r in runs)}
+
+    def registered(name):
+        versions = c.search_model_versions(f"name='{name}'")
+        champ = c.get_model_version_by_alias(name, "champion")
+        m = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        x = m.predict({"n": 25, "seed": 0})
+        got = {"scores": {str(v.version): float(v.tags["gm.val_score"]) for v in versions},
+               "champion": str(champ.version),
+               "shape": list(x.shape), "again": bool((x == m.predict({"n": 25, "seed": 0})).all()),
+               "versions": len(versions)}
+        if name == "gm-vae-digits":
+            lp = m.predict({"log_prob": x})
+            got["log_prob"] = [len(lp), bool(np.isfinite(lp).all())]
+            got["bound"] = champ.tags["gm.log_prob"]
+        return got
+
+    part("train", train)
+    part("tune", tune)
+    for name in ("gm-vae-digits", "gm-wgan_gp-ring8"):
+        part(name, lambda: registered(name))
+    print(json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def tracking(repro) -> dict:
+    if not (repro.root / "mlflow.db").exists():
+        pytest.fail(f"mlflow.db is missing: {repro.failure or 'no stage logged to MLflow'}", pytrace=False)
+    r = run([sys.executable, "-c", READ_TRACKING], repro.root)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def part(tracking: dict, key: str, repro: Repro) -> dict:
+    got = tracking[key]
+    if "error" in got:
+        pytest.fail(f"reading {key} from MLflow failed:\n{got['error']}\n(dvc repro: {repro.failure or 'ok'})",
+                    pytrace=False)
+    return got
+
+
+def test_train_runs_carry_the_commit_and_the_data_hash(repro, tracking):
+    train = part(tracking, "train", repro)
+    assert len(train["commit"]) >= 40
+    assert train["data_md5"].endswith(".dir")
+
+
+def test_tune_nests_its_trials_under_the_sweep_run(repro, tracking):
+    assert part(tracking, "tune", repro)["children"] == 2
+
+
+def test_registry_champions_load_and_predict_in_a_fresh_process(repro, tracking):
+    for name in ("gm-vae-digits", "gm-wgan_gp-ring8"):
+        got = part(tracking, name, repro)
+        scores = got["scores"]
+        assert scores[got["champion"]] == min(scores.values()), (name, scores, got["champion"])
+    toy, vae = tracking["gm-wgan_gp-ring8"], tracking["gm-vae-digits"]
+    assert toy["shape"] == [25, 2] and toy["again"]
+    assert vae["shape"] == [25, 1, 8, 8]
+    assert vae["versions"] == 3  # two trained seeds and the tuned model
+    assert vae["log_prob"] == [25, True]
+    assert "bound" in vae["bound"]
+
+
+def test_a_second_repro_has_nothing_to_do_and_metrics_show(repro):
+    # last in the module: should it reproduce anything, the outputs checked above would change
+    if repro.failure:
+        pytest.fail(f"not checked: {repro.failure}", pytrace=False)
+    root = repro.root
     assert "nothing to reproduce" in run(["dvc", "repro"], root).stdout.lower() or \
         "up to date" in run(["dvc", "status"], root).stdout.lower()
     assert "metrics.json" in run(["dvc", "metrics", "show"], root).stdout
-
-    # MLflow: runs tagged with commit and data hash, nested trials, registered models with champions
-    check = textwrap.dedent("""
-        import json, mlflow, numpy as np
-        from mlflow import MlflowClient
-        mlflow.set_tracking_uri("sqlite:///mlflow.db")  # the embedded default, in this copy of the repo
-        c = MlflowClient()
-        exp = c.get_experiment_by_name("gm-test")
-        runs = c.search_runs([exp.experiment_id], max_results=200)
-        names = {r.info.run_name: r for r in runs}
-        train = names["train/vae-digits"]
-        assert len(train.data.tags["mlflow.source.git.commit"]) >= 40
-        assert train.data.tags["gm.data_md5"].endswith(".dir")
-        parent = names["tune/vae-digits"].info.run_id
-        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-        assert len(children) == 2, len(children)
-        out = {}
-        for name in ("gm-vae-digits", "gm-wgan_gp-ring8"):
-            versions = c.search_model_versions(f"name='{name}'")
-            champ = c.get_model_version_by_alias(name, "champion")
-            scores = {v.version: float(v.tags["gm.val_score"]) for v in versions}
-            assert scores[champ.version] == min(scores.values()), (name, scores, champ.version)
-            m = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-            x = m.predict({"n": 25, "seed": 0})
-            out[name] = {"shape": list(x.shape), "again": bool((x == m.predict({"n": 25, "seed": 0})).all()),
-                         "versions": len(versions)}
-            if name == "gm-vae-digits":
-                lp = m.predict({"log_prob": x})
-                out[name]["log_prob"] = [len(lp), bool(np.isfinite(lp).all())]
-                out[name]["bound"] = champ.tags["gm.log_prob"]
-        print(json.dumps(out))
-    """)
-    r = run([sys.executable, "-c", check], root)
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["gm-wgan_gp-ring8"]["shape"] == [25, 2] and out["gm-wgan_gp-ring8"]["again"]
-    assert out["gm-vae-digits"]["shape"] == [25, 1, 8, 8]
-    assert out["gm-vae-digits"]["versions"] == 3  # two trained seeds and the tuned model
-    assert out["gm-vae-digits"]["log_prob"] == [25, True]
-    assert "bound" in out["gm-vae-digits"]["bound"]
