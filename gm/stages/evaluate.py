@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -123,8 +124,10 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
     return summary
 
 
-def evaluate_source(source: str, name: str, root: Path) -> list[dict]:
-    """Evaluate every candidate of `source` ("train", "tune" or "baseline") named `name`; their summaries."""
+def evaluate_source(source: str, name: str, root: Path) -> Iterator[dict]:
+    """Evaluate every candidate of `source` ("train", "tune" or "baseline") named `name`, yielding
+    each summary as soon as it is written (the stage prints a line per candidate as it goes)."""
     params = stage.params(root)
     tracking.setup(params.mlflow, root)
-    return [evaluate_candidate(c, root, params) for c in SOURCES[source](name, root, params)]
+    for c in SOURCES[source](name, root, params):
+        yield evaluate_candidate(c, root, params)
