@@ -316,10 +316,33 @@ def fixed_vae(z_dim: int = 2) -> VAE:
 
 
 def test_vae_loss_is_recon_plus_beta_kl():
-    model = small_model("vae", TOY, beta=0.25)
-    out = model.loss(make_batch(TOY), "vae")
-    assert out.loss.item() == pytest.approx(out.logs["recon"] + 0.25 * out.logs["kl"], rel=1e-5)
-    assert out.logs["elbo"] == pytest.approx(-(out.logs["recon"] + out.logs["kl"]), rel=1e-5)
+    # Everything by hand in float64 on the same ε the loss draws: the encoder's μ, log σ² and the
+    # decoder's mean come from the networks; the Gaussian log-density, the KL and their sum do not.
+    beta, b, z_dim = 0.25, 8, 3
+    model = small_model("vae", TOY, beta=beta, z_dim=z_dim, hidden=16)
+    perturb(model, 0.3, seed=2)  # an encoder far from N(0, I), so the KL is not ~0
+    with torch.no_grad():
+        model.obs.log_std.copy_(torch.tensor([-0.5, 0.4]))  # a decoder σ that differs per dimension
+    x = make_batch(TOY, b=b).x  # (8, 2)
+    torch.manual_seed(11)
+    out = model.loss(Batch(x), "vae")
+    torch.manual_seed(11)
+    eps = torch.randn(b, z_dim).double()  # the reparameterisation noise the loss drew
+    with torch.no_grad():
+        mu, logvar = model.encoder(x).double().chunk(2, dim=-1)  # (B, Z) each
+        sigma = torch.exp(0.5 * logvar)
+        mean = model.decoder((mu + sigma * eps).float()).double()  # (B, 2): the Gaussian head's mean
+    xd, s = x.double(), torch.tensor([-0.5, 0.4], dtype=torch.float64).exp()
+    # -log N(x; m, s²) = ½((x - m)/s)² + log s + ½ log 2π, summed over D, batch mean.
+    recon = (0.5 * ((xd - mean) / s) ** 2 + s.log() + 0.5 * math.log(2 * math.pi)).sum(1).mean().item()
+    # KL(N(μ, σ²) ‖ N(0, 1)) = -log σ + (σ² + μ²)/2 - ½, summed over Z, batch mean.
+    kl = (-sigma.log() + (sigma ** 2 + mu ** 2) / 2 - 0.5).sum(1).mean().item()
+    assert kl > 0.5 and recon > 0.5  # both terms matter at the tolerance below
+    assert out.logs["recon"] == pytest.approx(recon, rel=1e-5)
+    assert out.logs["kl"] == pytest.approx(kl, rel=1e-5)
+    assert out.loss.item() == pytest.approx(recon + beta * kl, rel=1e-5)
+    assert out.logs["loss"] == pytest.approx(recon + beta * kl, rel=1e-5)
+    assert out.logs["elbo"] == pytest.approx(-(recon + kl), rel=1e-5)  # the β = 1 ELBO, whatever β trains
 
 
 @torch.no_grad()
