@@ -194,16 +194,60 @@ def test_paper_defaults_and_bad_configs():
             build(cls, bad, "x")
 
 
-def test_wae_loss_is_recon_plus_lambda_penalty():
-    for penalty, lam in (("mmd", 10.0), ("gan", 1.0), ("mmd", 2.5)):
-        model = small("wae", penalty=penalty, **({"lam": lam} if lam == 2.5 else {}))
-        out = model.loss(toy_batch(), "ae")
-        name = "mmd" if penalty == "mmd" else "gan_penalty"
-        assert out.loss.item() == pytest.approx(out.logs["recon"] + lam * out.logs[name], rel=1e-5)
-        x = toy_batch().x
+def imq_by_hand(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Σ_s C_s / (C_s + ‖a - b‖²), C_s = 2·d_z·σ²_z·s with σ²_z = 1 (Tolstikhin et al.'s scales)."""
+    d2 = float(((a.double() - b.double()) ** 2).sum())
+    base = 2.0 * a.shape[0] * 1.0
+    return sum(base * s / (base * s + d2) for s in (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0))
+
+
+def mmd_u_statistic_by_hand(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Gretton et al. 2012, Eq. 3, term by term: the i = j pairs left out of both within-sample sums."""
+    n, m = len(p), len(q)
+    within_p = sum(imq_by_hand(p[i], p[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    within_q = sum(imq_by_hand(q[i], q[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    across = sum(imq_by_hand(p[i], q[j]) for i in range(n) for j in range(m)) / (n * m)
+    return within_p + within_q - 2 * across
+
+
+@pytest.mark.parametrize("penalty,lam,expected_lam", [("mmd", None, 10.0), ("mmd", 2.5, 2.5),
+                                                      ("gan", None, 1.0), ("gan", 3.0, 3.0)])
+def test_wae_loss_is_recon_plus_lambda_penalty(penalty, lam, expected_lam):
+    # Eq. 4 on a fixed batch, by hand: ‖x - G(E(x))‖² plus λ times the brute-force MMD U-statistic
+    # against the prior draws the loss made (WAE-MMD), or -E log σ(D(E(x))) (WAE-GAN).
+    model = small("wae", penalty=penalty, **({} if lam is None else {"lam": lam}))
+    b = 12
+    x = toy_batch(b).x  # (12, 2)
+    torch.manual_seed(3)
+    out = model.loss(Batch(x), "ae")
+    torch.manual_seed(3)
+    prior = torch.randn(b, 2)  # the prior sample z ~ N(0, I) of the MMD, if the loss drew one
+    with torch.no_grad():
+        codes = model.encoder(x)  # ẑ = E(x), (B, Z)
+        x_hat = model.decoder(codes)  # G(ẑ): the Gaussian head's mean is the decoder's output
+        logits = model.disc(codes).double() if penalty == "gan" else None
+    recon = ((x.double() - x_hat.double()) ** 2).sum(1).mean().item()
+    if penalty == "mmd":
+        value = mmd_u_statistic_by_hand(prior, codes)
+        assert abs(value) > 1e-2  # far from zero: the encoder's codes are not N(0, I) yet
+        assert out.logs["mmd"] == pytest.approx(value, rel=1e-4, abs=1e-6)
+    else:
+        value = -torch.log(torch.sigmoid(logits)).mean().item()  # the non-saturating -E log D(ẑ)
+        assert out.logs["gan_penalty"] == pytest.approx(value, rel=1e-5)
+    assert out.logs["recon"] == pytest.approx(recon, rel=1e-5)  # c(x, y) = ‖x - y‖²
+    assert out.loss.item() == pytest.approx(recon + expected_lam * value, rel=1e-5)
+    if penalty == "gan":
+        # The adversary's step: -E log D(z) - E log(1 - D(ẑ)), z ~ N(0, I) drawn by the loss.
+        torch.manual_seed(4)
+        disc = model.loss(Batch(x), "disc")
+        torch.manual_seed(4)
+        prior = torch.randn(b, 2)
         with torch.no_grad():
-            recon = (x - model.generate_mean(model.encode_mean(x))).pow(2).sum(1).mean()
-        assert out.logs["recon"] == pytest.approx(recon.item(), rel=1e-6)  # c(x, y) = ‖x - y‖²
+            d_prior, d_code = torch.sigmoid(model.disc(prior).double()), torch.sigmoid(logits)
+        expected = (-torch.log(d_prior).mean() - torch.log(1 - d_code).mean()).item()
+        assert disc.loss.item() == pytest.approx(expected, rel=1e-5)
+        assert disc.logs["d_prior"] == pytest.approx(d_prior.mean().item(), rel=1e-5)
+        assert disc.logs["d_code"] == pytest.approx(d_code.mean().item(), rel=1e-5)
 
 
 def test_wae_samples_are_the_deterministic_decoder():
