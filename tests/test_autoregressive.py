@@ -16,7 +16,7 @@ from gm.core.config import ConfigError, build
 from gm.data.dataspec import DataSpec
 from gm.models.pixelcnnpp import params_per_pixel
 from gm.nn.gated_pixelcnn import GatedPixelCNN
-from gm.nn.observation import bin_centres, discretized_logistic_mixture_log_prob, levels_of
+from gm.nn.observation import bin_centres, levels_of
 from gm.nn.pixelcnn import PixelCNN
 from gm.core.registry import FAMILIES as REGISTRY
 from tests.helpers import DIGITS, TOY, seeded, train_single_group
@@ -167,12 +167,34 @@ def test_pixelcnn_is_the_shared_pixelcnn_on_grey_images():
 
 @torch.no_grad()
 def test_pixelcnnpp_single_channel_is_the_plain_logistic_mixture():
+    # One channel: P(v) = Σ_k π_k [σ((x + ½ - μ_k)/s_k) - σ((x - ½ - μ_k)/s_k)] with x = v + ½ the bin
+    # centre in level units, the lowest level taking σ((x + ½ - μ_k)/s_k) (the left tail) and the
+    # highest 1 - σ((x - ½ - μ_k)/s_k) (the right tail); written out here, in float64, from the
+    # mixture's parameters.
     model = make("pixelcnnpp", GREY).eval()
-    perturb(model, 0.3)
-    v = random_levels(GREY, 4, seed=0)
-    logit_pi, mean, log_scale, _ = model.body.mixture(bin_centres(v, GREY))
-    direct = discretized_logistic_mixture_log_prob(v[:, 0], logit_pi, mean[:, 0], log_scale[:, 0], GREY)
-    assert torch.allclose(model.body.pixel_log_mass(bin_centres(v, GREY)), direct, atol=1e-6)
+    perturb(model, 0.15)  # far from uniform (masses 0.05-0.5), scales of one to a few bins
+    v = random_levels(GREY, 4, seed=0)  # (4, 1, 4, 4) levels in 0..4
+    levels = GREY.levels
+    assert (v == 0).any() and (v == levels - 1).any() and ((v > 0) & (v < levels - 1)).any()
+    x = GREY.to_model(v, generator=seeded(1))  # dequantized: the model must read the level alone
+    logit_pi, mean, log_scale, _ = model.body.mixture(bin_centres(v, GREY))  # (B, H, W, K), (B, 1, H, W, K)
+    # Model space is u ↦ (u - L/2)/(L/2) for u in [0, L): back to level units, μ ↦ (μ + 1)·L/2, s ↦ s·L/2.
+    mu = (mean[:, 0].double() + 1) * levels / 2  # (B, H, W, K)
+    s = log_scale[:, 0].double().exp() * levels / 2
+    centre = v[:, 0].double().unsqueeze(-1) + 0.5  # (B, H, W, 1)
+    upper = torch.sigmoid((centre + 0.5 - mu) / s)
+    lower = torch.sigmoid((centre - 0.5 - mu) / s)
+    edge = v[:, 0].unsqueeze(-1).expand_as(mu)
+    per_component = torch.where(edge == 0, upper, torch.where(edge == levels - 1, 1 - lower, upper - lower))
+    pi = torch.softmax(logit_pi.double(), dim=-1)
+    mass = (pi * per_component).sum(-1)  # (B, H, W)
+    got = model.body.pixel_log_mass(x).double()  # (B, H, W)
+    assert mass.min() > 1e-2  # no bin near the underflow fallback: the plain formula is the reference
+    torch.testing.assert_close(got.exp(), mass, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got, mass.log(), rtol=0, atol=1e-5)
+    # And log_prob is their sum over pixels, plus the model-space density's D·log(scale).
+    torch.testing.assert_close(model.log_prob(x).double(), mass.log().sum((1, 2)) + GREY.dim * math.log(levels / 2),
+                               rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
