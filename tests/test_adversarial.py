@@ -330,17 +330,138 @@ def test_instance_noise_anneals_linearly_to_zero():
     assert torch.equal(constant.critic_forward(x)[0], x)
 
 
+# Every stabiliser at once; packing by 2, instance noise annealed from 1 to 0 over 8 critic steps.
+ALL_STABILISERS = {"feature_matching": True, "label_smoothing": 0.1, "minibatch_discrimination": 3,
+                   "historical_averaging": 0.1, "instance_noise": 1.0, "instance_noise_steps": 8,
+                   "pack": 2, "n_critic": 2, "lr_critic": 0.02, "lr_gen": 0.02}
+GRADIENT_PENALTY = ["cramer", "wgan_gp"]  # refused with minibatch discrimination (see below)
+
+
+def critic_by_hand(model: AdversarialModel, x: torch.Tensor, std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic on x (B, 2) with the stabilisers written out: instance noise std·ε (ε drawn here,
+    from the global stream, as the model draws it), packs of consecutive samples side by side,
+    then o_b(x_i) = Σ_j exp(-Σ_c |M_ibc - M_jbc|), M_i = f(x_i)·T, appended to the body's features."""
+    c = model.config
+    x = x + std * torch.randn(x.shape)
+    g = x.shape[0] // c.pack
+    f = model.critic.body(x.reshape(g, c.pack * x.shape[1]))  # (G, A)
+    if c.minibatch_discrimination:
+        t = model.critic.mbd.T  # (A, K, C)
+        m = (f @ t.reshape(t.shape[0], -1)).reshape(g, *t.shape[1:])  # (G, K, C)
+        o = torch.stack([torch.stack([sum(torch.exp(-(m[i, k] - m[j, k]).abs().sum()) for j in range(g))
+                                      for k in range(t.shape[1])]) for i in range(g)])  # (G, K)
+        f = torch.cat([f, o], dim=1)
+    return model.critic.head(f), f
+
+
+def penalty_by_hand(critic_fn, real: torch.Tensor, fake: torch.Tensor, pack: int) -> torch.Tensor:
+    """E (‖∇ D(x̂)‖ - 1)² by autograd, x̂ = ε real + (1 - ε) fake with one ε ~ U[0, 1] per pack."""
+    eps = torch.rand(real.shape[0] // pack).repeat_interleave(pack)[:, None]
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic_fn(x_hat).sum(), x_hat)
+    return ((grad.reshape(-1, 2 * pack).norm(dim=1) - 1) ** 2).mean()
+
+
+def objective_by_hand(model: AdversarialModel, family: str, group: str, real: torch.Tensor,
+                      std: float) -> dict[str, float]:
+    """The group's objective (before historical averaging) and its parts, drawing z, ε and the
+    penalty's mixing weights from the global stream in the model's order."""
+    b, z_dim, pack = real.shape[0], model.config.z_dim, model.config.pack
+    fake = model.gen(torch.randn(b, z_dim)).detach()  # the loss's generate(b)
+    if group == "gen":  # feature matching replaces every family's generator loss
+        f_real = critic_by_hand(model, real, std)[1]
+        f_fake = critic_by_hand(model, fake, std)[1]
+        fm = ((f_real.mean(0) - f_fake.mean(0)) ** 2).sum().item()
+        return {"gen_loss": fm, "feature_matching": fm}
+    if family == "gan":  # one-sided smoothing: real target 1 - s, fake target 0
+        l_real = critic_by_hand(model, real, std)[0].double()
+        l_fake = critic_by_hand(model, fake, std)[0].double()
+        t = 1 - model.config.label_smoothing
+        real_term = -(t * torch.log(torch.sigmoid(l_real)) + (1 - t) * torch.log(1 - torch.sigmoid(l_real)))
+        return {"critic_loss": (real_term.mean() - torch.log(1 - torch.sigmoid(l_fake)).mean()).item()}
+    if family in ("wgan", "wgan_gp"):  # no real target: label smoothing plays no part
+        w = (critic_by_hand(model, real, std)[0].mean() - critic_by_hand(model, fake, std)[0].mean()).item()
+        if family == "wgan":
+            return {"critic_loss": -w, "wasserstein": w}
+        gp = penalty_by_hand(lambda x: critic_by_hand(model, x, std)[0], real, fake, pack).item()
+        return {"critic_loss": -w + model.config.gp_weight * gp, "wasserstein": w, "gp": gp}
+    # Cramér GAN: f(x) = ‖h(x) - h(x_g')‖ - ‖h(x)‖ against a second fake x_g'.
+    fake2 = model.gen(torch.randn(b, z_dim)).detach()
+    h_ref = critic_by_hand(model, fake2, std)[0]
+
+    def f(x):
+        h = critic_by_hand(model, x, std)[0]
+        return (h - h_ref).norm(dim=1) - h.norm(dim=1)
+
+    surrogate = (f(real).mean() - f(fake).mean()).item()
+    gp = penalty_by_hand(f, real, fake, pack).item()
+    return {"critic_loss": -surrogate + model.config.gp_weight * gp, "surrogate": surrogate, "gp": gp}
+
+
 @pytest.mark.parametrize("family", MINE)
 def test_all_stabilisers_together_train(family):
-    model = small(family, feature_matching=True, label_smoothing=0.1, minibatch_discrimination=3,
-                  historical_averaging=0.1, instance_noise=0.1, instance_noise_steps=5, n_critic=2)
-    batches = (toy_batch(seed=i) for i in range(2) for g in model.step_groups() for _ in range(g.repeats))
+    settings = dict(ALL_STABILISERS)
+    if family in GRADIENT_PENALTY:
+        settings["minibatch_discrimination"] = 0  # refused with a penalty (test below)
+    if family == "wgan":
+        settings["clip"] = 0.1  # the paper's 0.01 leaves a critic whose outputs are ~1e-4
+    model = small(family, **settings)
+    groups = model.step_groups()
+    history = {g.name: [] for g in groups}  # θ_0, θ_1, ... of each player
 
-    def finite(out):
+    def finite_and_recorded(out):  # before each optimizer step: the player's θ so far (clipped, for WGAN)
         assert torch.isfinite(out.loss)
+        (g,) = [g for g in groups if f"{g.name}_loss" in out.logs]
+        history[g.name].append([p.detach().clone() for p in g.params])
 
-    train_steps(model, batches, 2, check=finite)
+    batches = (toy_batch(seed=i) for i in range(2) for g in groups for _ in range(g.repeats))
+    train_steps(model, batches, 2, check=finite_and_recorded)
+    for g in groups:
+        history[g.name].append([p.detach().clone() for p in g.params])  # after the last step
+    assert [len(history[g.name]) for g in groups] == [5, 3]  # 2 iterations: 2·2 critic steps, 2 generator steps
     assert model.sample(4, generator=seeded(0)).shape == (4, 2)
+
+    # After 4 critic steps the noise has annealed linearly to 1.0·(1 - 4/8) = 0.5.
+    std = 1.0 * (1 - 4 / 8)
+    real = toy_batch(seed=7).x
+    for g in groups:
+        # ‖θ - θ̄‖² with θ̄ the plain mean of every θ the player has had (its initial one included).
+        snapshots = history[g.name]
+        mean = [torch.stack(ps).mean(0) for ps in zip(*snapshots)]
+        hist = sum(((p - m) ** 2).sum() for p, m in zip(g.params, mean)).item()
+        assert hist > 1e-2, "the historical term must be visible at the tolerance below"
+        torch.manual_seed(5)
+        out = model.loss(Batch(real), g.name)
+        torch.manual_seed(5)
+        expected = objective_by_hand(model, family, g.name, real, std)
+        assert out.logs[f"historical_penalty_{g.name}"] == pytest.approx(hist, rel=1e-4)
+        for key, value in expected.items():
+            assert out.logs[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (g.name, key)
+        objective = expected[f"{g.name}_loss"]  # critic_loss or gen_loss
+        assert out.loss.item() == pytest.approx(objective + 0.1 * hist, rel=1e-4, abs=1e-6), g.name
+
+
+@pytest.mark.parametrize("family", GRADIENT_PENALTY)
+def test_a_gradient_penalty_through_minibatch_discrimination_is_refused(family, tmp_path):
+    import re
+
+    from gm.params import load_params
+    from tests.helpers import tiny_params, write_params
+
+    message = (r"minibatch_discrimination: expected 0 with a gradient penalty \(gp_weight = 10.0\), got 3; "
+               r"the penalty through a minibatch-discrimination layer penalises a gradient coupled across the batch "
+               r"\(set minibatch_discrimination: 0 or gp_weight: 0\)")
+    cls = FAMILIES[family].config_cls
+    with pytest.raises(ConfigError, match="^x." + message + "$"):
+        build(cls, {"minibatch_discrimination": 3}, "x")
+    build(cls, {"minibatch_discrimination": 3, "gp_weight": 0.0}, "x")  # no penalty, nothing coupled
+    build(cls, {"minibatch_discrimination": 0}, "x")
+    raw = tiny_params()
+    raw["experiments"][f"{family}-ring8"] = {"family": family, "dataset": "ring8",
+                                             "model": {"z_dim": 2, "minibatch_discrimination": 3}}
+    with pytest.raises(ConfigError) as refused:
+        load_params(write_params(tmp_path, raw))
+    assert re.fullmatch(rf"experiments\.{family}-ring8\.model\.{message}", str(refused.value)), str(refused.value)
 
 
 # --------------------------------------------------------------------------- packing (PacGAN)

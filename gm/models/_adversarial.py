@@ -66,6 +66,21 @@ class AdversarialConfig:
     instance_noise_steps: int = bounded(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
     pack: int = bounded(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
 
+    def validate(self) -> None:
+        """Stabiliser combinations that are wrong whatever the data (a subclass adding checks calls this too).
+
+        A gradient penalty (WGAN-GP, Cramér GAN: `gp_weight` > 0) constrains ‖∇_x D(x)‖ of a
+        per-sample critic; through minibatch discrimination D(x_i) depends on the whole batch,
+        so the penalised gradient is coupled across samples and no longer the one the penalty
+        is about (Gulrajani et al. 2017, §4: no critic batch normalisation, for the same reason).
+        """
+        gp_weight = getattr(self, "gp_weight", 0.0)
+        if self.minibatch_discrimination and gp_weight > 0:
+            raise ConfigError(
+                f"minibatch_discrimination: expected 0 with a gradient penalty (gp_weight = {gp_weight}), got "
+                f"{self.minibatch_discrimination}; the penalty through a minibatch-discrimination layer penalises "
+                f"a gradient coupled across the batch (set minibatch_discrimination: 0 or gp_weight: 0)")
+
 
 # --------------------------------------------------------------------------- pure functions
 
