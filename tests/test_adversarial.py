@@ -174,8 +174,14 @@ def test_cramer_losses_follow_algorithm_1():
     x_g, x_g2 = model.generate(32), model.generate(32)
     f = lambda x: (h(x) - h(x_g2)).norm(dim=1) - h(x).norm(dim=1)  # noqa: E731
     surrogate = f(batch.x).mean() - f(x_g).mean()
+    # The penalty on f itself (h_ref = h(x_g') fixed), at x̂ = ε x_r + (1 - ε) x_g, one ε per sample next.
+    eps = torch.rand(32, 1)
+    x_hat = (eps * batch.x + (1 - eps) * x_g).detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x_hat).sum(), x_hat)
+    gp = ((grad.norm(dim=1) - 1) ** 2).mean().item()
     assert crit.logs["surrogate"] == pytest.approx(surrogate.item(), rel=1e-5)
-    assert crit.loss.item() == pytest.approx(-surrogate.item() + 10.0 * crit.logs["gp"], rel=1e-5)
+    assert crit.logs["gp"] == pytest.approx(gp, rel=1e-5)
+    assert crit.loss.item() == pytest.approx(-surrogate.item() + 10.0 * gp, rel=1e-5)
 
 
 def test_cramer_defaults():
@@ -205,7 +211,8 @@ def test_feature_matching_replaces_the_generator_objective():
     out = model.loss(batch, "gen")
     torch.manual_seed(1)
     fake = model.generate(32)
-    expected = feature_matching_loss(model.critic_forward(batch.x)[1], model.critic_forward(fake)[1])
+    f_real, f_fake = model.critic_forward(batch.x)[1], model.critic_forward(fake)[1]  # penultimate features
+    expected = ((f_real.mean(0) - f_fake.mean(0)) ** 2).sum()  # ‖E f(x) - E f(G(z))‖², by hand
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5) and out.loss.item() > 0
     # Constant critic features (weights zeroed): real and fake means agree, the loss is 0.
     with torch.no_grad():
