@@ -359,5 +359,25 @@ def test_adaptive_contrast_normalises_each_rows_draws():
     torch.testing.assert_close(z_norm.mean(0), torch.zeros(10, 2), atol=1e-5, rtol=0)
     assert (z_norm.var(0, unbiased=False) <= 1 + 1e-5).all()  # the variance floor only shrinks z̃
     torch.testing.assert_close(z_norm * var.sqrt() + mu, z)
+    # The adaptive-contrast ELBO by hand on the encoder noise the loss draws: m = 6 draws z = E(x, ε) per
+    # row, their moments (plus the variance floor 1e-4), z̃ = (z - μ)/σ, then
+    # -E log p(x|z) + E T(x, z̃) + KL(N(μ, σ²) ‖ N(0, I)).
+    torch.manual_seed(9)
     out = model.loss(Batch(x), "ae")
-    assert out.loss.item() == pytest.approx(out.logs["recon"] + out.logs["t"] + out.logs["kl_r"], rel=1e-5)
+    torch.manual_seed(9)
+    eps = torch.randn(6, 10, model.config.noise_dim)
+    with torch.no_grad():
+        z = model.encoder(torch.cat([x.expand(6, 10, 2), eps], dim=-1)).double()  # (6, 10, Z)
+        mu = z.mean(0)
+        var = ((z - mu) ** 2).mean(0) + 1e-4
+        z_tilde = (z - mu) / var.sqrt()
+        t = model.disc(torch.cat([x.expand(6, 10, 2), z_tilde.float()], dim=-1)).double().mean().item()
+        mean = model.decoder(z.float()).double()  # (6, 10, 2): the Gaussian head's mean
+    s = model.obs.log_std.detach().double().exp()  # (2,)
+    recon = (0.5 * ((x.double() - mean) / s) ** 2 + s.log() + 0.5 * math.log(2 * math.pi)).sum(-1).mean().item()
+    kl_r = (-0.5 * var.log() + (var + mu ** 2) / 2 - 0.5).sum(-1).mean().item()
+    assert kl_r > 0.1 and abs(t) > 1e-3  # each term visible at the tolerance below
+    assert out.logs["recon"] == pytest.approx(recon, rel=1e-5)
+    assert out.logs["t"] == pytest.approx(t, rel=1e-4, abs=1e-6)
+    assert out.logs["kl_r"] == pytest.approx(kl_r, rel=1e-5)
+    assert out.loss.item() == pytest.approx(recon + t + kl_r, rel=1e-5)

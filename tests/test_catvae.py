@@ -181,11 +181,46 @@ def test_catvae_trains(straight_through):
     x = torch.randn(64, 2, generator=seeded(0)) * torch.tensor([2.0, 0.5]) + 1.0
     outs = []
 
-    def check(out):
-        assert out.loss.item() == pytest.approx(out.logs["recon"] + out.logs["kl"], rel=1e-5)
+    def check(out):  # the k-th loss is computed at step k: τ = max(0.5, exp(-0.01·k)) (Jang et al.)
+        assert out.logs["tau"] == pytest.approx(max(0.5, math.exp(-1e-2 * len(outs))), rel=1e-6)
         outs.append(out)
 
     losses = train_single_group(model, x, 30, check)
     out = outs[-1]
     assert sum(losses[-5:]) < sum(losses[:5]), losses
     assert model.step.item() == 30 and out.logs["tau"] == pytest.approx(max(0.5, math.exp(-0.29)), rel=1e-5)
+
+
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_catvae_loss_is_recon_plus_beta_kl_by_hand(straight_through):
+    # On the Gumbel noise the loss draws: y = softmax((l + g)/τ) (its argmax one-hot if straight-through),
+    # recon = -log N(x; G(y), s²) and KL(q ‖ Uniform(K)) = Σ_n Σ_k q_nk log(K q_nk), batch means.
+    beta, b = 0.5, 6
+    model = cat_vae(beta=beta, tau_start=2.0, anneal_rate=0.1, straight_through=straight_through)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=seeded(5)))  # a posterior far from uniform
+        model.obs.log_std.copy_(torch.tensor([-0.3, 0.2]))
+    model.step.fill_(3)
+    tau = max(0.5, 2.0 * math.exp(-0.1 * 3))
+    x = 2 * torch.randn(b, 2, generator=seeded(6))
+    torch.manual_seed(7)
+    out = model.loss(Batch(x), "vae")
+    torch.manual_seed(7)
+    u = torch.rand(b, 2, 3).clamp_min(torch.finfo(torch.float32).tiny)
+    with torch.no_grad():
+        logits = model.encoder(x).view(b, 2, 3).double()
+        y = torch.softmax((logits - torch.log(-torch.log(u.double()))) / tau, dim=-1)
+        if straight_through:
+            y = (y == y.max(-1, keepdim=True).values).double()
+        mean = model.decoder(y.flatten(1).float()).double()
+    s = torch.tensor([-0.3, 0.2], dtype=torch.float64).exp()
+    recon = (0.5 * ((x.double() - mean) / s) ** 2 + s.log() + 0.5 * math.log(2 * math.pi)).sum(1).mean().item()
+    q = torch.softmax(logits, dim=-1)
+    kl = (q * torch.log(3 * q)).sum((1, 2)).mean().item()
+    assert kl > 0.1
+    assert out.logs["tau"] == pytest.approx(tau, rel=1e-6)
+    assert out.logs["recon"] == pytest.approx(recon, rel=1e-5)
+    assert out.logs["kl"] == pytest.approx(kl, rel=1e-5)
+    assert out.loss.item() == pytest.approx(recon + beta * kl, rel=1e-5)
+    assert out.logs["relaxed_elbo"] == pytest.approx(-(recon + kl), rel=1e-5)

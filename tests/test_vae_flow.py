@@ -283,10 +283,7 @@ def test_posterior_log_density_is_the_change_of_variables():
 def test_vae_flow_trains_and_round_trips(overrides, tmp_path):
     model = flow_vae(lr=3e-3, iwae_k=8, **overrides)
     x = torch.randn(64, 2, generator=seeded(0)) * torch.tensor([2.0, 0.5]) + 1.0
-    def check(out):
-        assert out.loss.item() == pytest.approx(out.logs["recon"] + model.config.beta * out.logs["kl"], rel=1e-5)
-
-    losses = train_single_group(model, x, 30, check)
+    losses = train_single_group(model, x, 30)  # the loss itself: test_vae_flow_loss_by_hand
     assert sum(losses[-5:]) < sum(losses[:5]), losses
     model.eval()
     loaded = load_model(save_model(model, tmp_path / "m"))
@@ -295,6 +292,51 @@ def test_vae_flow_trains_and_round_trips(overrides, tmp_path):
         lp = model.log_prob(x[:7])
         assert lp.shape == (7,) and torch.isfinite(lp).all()
         assert model.reconstruct(x[:3]).shape == (3, 2)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"posterior_flow": "planar", "beta": 0.5},
+    {"posterior_flow": "radial", "amortized": False, "beta": 2.0},
+    {"posterior_flow": "iaf", "prior_flow": "maf", "beta": 0.5},
+])
+def test_vae_flow_loss_by_hand(overrides):
+    # -log p(x|z_K) + β (log q_K(z_K|x) - log p(z_K)) on the ε the loss draws, with both log-dets from
+    # autograd Jacobians: log q_K = log N(z_0; μ, σ²) - log|det ∂z_K/∂z_0| and, under a prior flow,
+    # log p(z) = log N(u; 0, I) + log|det ∂u/∂z|, u its inverse of z.
+    from gm.models.base import Batch
+
+    model = perturb(flow_vae(**overrides), 0.3, seed=4)
+    with torch.no_grad():
+        model.obs.log_std.copy_(torch.tensor([-0.4, 0.3]))
+    b, beta = 5, overrides["beta"]
+    x = torch.randn(b, 2, generator=seeded(0)) * 2
+    torch.manual_seed(8)
+    out = model.loss(Batch(x), "vae")
+    torch.manual_seed(8)
+    eps = torch.randn(b, 2)
+    mu, logvar, params, h = (t.detach() if t is not None else None for t in model.encode(x))
+    z0 = mu + torch.exp(0.5 * logvar) * eps
+    log_q0 = (-0.5 * eps ** 2 - 0.5 * math.log(2 * math.pi) - 0.5 * logvar).sum(-1)  # N(z_0; μ, σ²)
+    recon, kl = [], []
+    for i in range(b):
+        row = slice(i, i + 1)
+        flow = lambda z: model.posterior_flow(z[None], None if h is None else h[row],  # noqa: E731
+                                              None if params is None else params[row])[0][0]
+        zk = flow(z0[i]).detach()
+        log_q = log_q0[i] - torch.linalg.slogdet(jacobian(flow, z0[i]))[1]
+        inverse = lambda z: model.prior_flow.inverse(z[None])[0][0]  # noqa: E731
+        u = inverse(zk).detach()
+        log_p = (-0.5 * u ** 2 - 0.5 * math.log(2 * math.pi)).sum() + torch.linalg.slogdet(jacobian(inverse, zk))[1]
+        mean = model.decoder(zk).detach()
+        s = torch.tensor([-0.4, 0.3]).exp()
+        recon.append((0.5 * ((x[i] - mean) / s) ** 2 + s.log() + 0.5 * math.log(2 * math.pi)).sum().item())
+        kl.append((log_q - log_p).item())
+    recon, kl = sum(recon) / b, sum(kl) / b
+    assert abs(kl) > 0.1
+    assert out.logs["recon"] == pytest.approx(recon, rel=1e-5)
+    assert out.logs["kl"] == pytest.approx(kl, rel=1e-4, abs=1e-5)
+    assert out.loss.item() == pytest.approx(recon + beta * kl, rel=1e-5)
+    assert out.logs["elbo"] == pytest.approx(-(recon + kl), rel=1e-5)
 
 
 def test_flow_config_defaults_and_bounds():

@@ -207,11 +207,19 @@ def test_model_logs_the_commitment_term():
     batch = digits_batch()
     out = model.loss(batch, "vqvae")
     with torch.no_grad():
-        z_e = model.encode(batch.x)
-        _, z_q = model.quantize(z_e)
+        z_e = model.encode(batch.x)  # (B, D, h, w)
+        flat = z_e.permute(0, 2, 3, 1)  # (B, h, w, D)
+        codes = ((flat.unsqueeze(-2) - model.codebook) ** 2).sum(-1).argmin(-1)  # nearest by brute force
+        z_q = model.codebook[codes].permute(0, 3, 1, 2)  # (B, D, h, w)
         expected = 0.7 * (z_e - z_q).pow(2).sum(1).mean().item()
+        # The straight-through forward value is z_q: -log N(x; G(z_q), s²) with the Gaussian head's s.
+        mean = model.decode(z_q).double()  # (B, 64)
+    s = model.obs.log_std.detach().double().exp()
+    recon = (0.5 * ((batch.x.flatten(1).double() - mean) / s) ** 2 + s.log()
+             + 0.5 * math.log(2 * math.pi)).sum(1).mean().item()
     assert out.logs["commitment"] == pytest.approx(expected, rel=1e-5)
-    assert out.loss.item() == pytest.approx(out.logs["recon"] + out.logs["commitment"], rel=1e-5)
+    assert out.logs["recon"] == pytest.approx(recon, rel=1e-5)
+    assert out.loss.item() == pytest.approx(recon + expected, rel=1e-5)
 
 
 def test_ema_update_by_hand():
@@ -324,10 +332,17 @@ def test_trains_on_digits(codebook, decoder):
 def test_log_prob_is_recon_plus_prior_of_the_codes():
     model = vqvae(decoder="categorical").eval()
     x = digits_batch(5).x
-    codes, z_q = model.quantize(model.encode(x))
+    # By hand: the nearest codes by brute force, log P(v) of the categorical head at each pixel's level
+    # v = ⌊(x + 1)·L/2⌋ plus D·log(L/2) (model-space density), and the prior's chain rule over the codes.
     with torch.no_grad():
-        expected = model.obs.log_prob(model.decode(z_q), x.flatten(1)) + model.prior.log_prob(codes)
-    torch.testing.assert_close(model.log_prob(x), expected)
+        flat = model.encode(x).permute(0, 2, 3, 1)  # (B, h, w, D)
+        codes = ((flat.unsqueeze(-2) - model.codebook) ** 2).sum(-1).argmin(-1)  # (B, h, w)
+        logits = model.decode(model.codebook[codes].permute(0, 3, 1, 2)).view(5, 64, 17)  # (B, D, L)
+        prior_logits = model.prior(codes)  # (B, K, h, w): p(code_i | codes before i)
+    v = torch.floor((x.flatten(1) + 1) * 17 / 2).long()  # (B, 64)
+    log_px = torch.log_softmax(logits.double(), -1).gather(-1, v.unsqueeze(-1)).sum((1, 2)) + 64 * math.log(8.5)
+    log_prior = torch.log_softmax(prior_logits.double(), 1).gather(1, codes.unsqueeze(1)).sum((1, 2, 3))
+    torch.testing.assert_close(model.log_prob(x).double(), log_px + log_prior, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(model.log_prob(x), model.log_prob(x))  # deterministic
 
 
