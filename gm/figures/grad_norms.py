@@ -7,13 +7,11 @@ weight clipping at c ∈ {0.1, 0.01, 0.001} the norms grow or shrink geometrical
 depth (exploding or vanishing); with the two-sided gradient penalty (λ = 10) they stay
 within an order of magnitude (Gulrajani et al. 2017, §3 and Fig. 1b).
 
-Usage: python -m gm.figures.grad_norms --out reports/figures/grad_norms.png
+Drawn by the `figures` stage (python -m pipelines.figures) into reports/figures/.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -82,20 +80,3 @@ def plot(result: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("reports/figures/grad_norms.png"))
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    result = run(seed=args.seed, steps=args.steps)
-    plot(result, args.out)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    for name, norms in result.items():
-        print(f"{name:<32} first {norms[0]:.3g}  last {norms[-1]:.3g}  ratio {norms[0] / max(norms[-1], 1e-30):.3g}")
-
-
-if __name__ == "__main__":
-    main()

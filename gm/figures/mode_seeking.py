@@ -8,13 +8,11 @@ mode (μ ≈ ±2, σ ≈ ½). Both are fitted the f-GAN way — a small MLP crit
 F = E_P[g_f(V)] − E_Q[f*(g_f(V))] from the divergence table, the generator minimising it —
 and compared with the exact optima, found by minimising D_f by quadrature over (μ, σ).
 
-Usage: python -m gm.figures.mode_seeking --out reports/mode_seeking.png
+Drawn by the `figures` stage (python -m pipelines.figures) into reports/figures/.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
@@ -177,21 +175,3 @@ def plot(result: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="reports/mode_seeking.png", help="PNG to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1000, help="generator steps per divergence")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # tiny tensors: threads only add overhead
-    result = run(seed=args.seed, steps=args.steps)
-    plot(result, args.out)
-    summary = {name: {k: v for k, v in r.items() if k != "trace"} for name, r in result.items()}
-    print(json.dumps(summary, indent=2))
-    print(f"mode_seeking: -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()
