@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 
 from gm import stage
-from gm.stages.evaluate import SOURCES, evaluate_source
+from gm.stages.evaluate import CANDIDATES, evaluate_source
 
 
 @stage.entry
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("source", choices=sorted(SOURCES))
+    p.add_argument("source", choices=sorted(CANDIDATES))
     p.add_argument("name", help="an experiment (train), a sweep (tune) or a dataset (baseline)")
     args = p.parse_args(argv)
     for s in evaluate_source(args.source, args.name, stage.root()):  # a line per candidate (two baselines)

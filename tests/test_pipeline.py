@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gm.core.layout import Layout, baseline_label
 from tests.helpers import copy_repo, env_for, tiny_params, write_params
+
+LAYOUT = Layout(Path())  # paths relative to a pipeline root
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +42,7 @@ class Repro:
     failure: str | None = None  # what went wrong, with the tail of its output
     tracking: dict = field(default_factory=dict)  # what the fresh-process MLflow reader saw
 
-    def path(self, relative: str) -> Path:
+    def path(self, relative: str | Path) -> Path:
         """An output of the pipeline; a missing one fails the test with why the repro did not make it."""
         p = self.root / relative
         if not p.exists():
@@ -47,7 +50,7 @@ class Repro:
             pytest.fail(f"{relative} is missing: {why}", pytrace=False)
         return p
 
-    def json(self, relative: str) -> dict:
+    def json(self, relative: str | Path) -> dict:
         return json.loads(self.path(relative).read_text())
 
 
@@ -85,21 +88,21 @@ def test_raw_data_is_clean_and_the_lock_records_the_interpolated_params(repro):
 
 
 def test_tune_exports_the_better_trial(repro):
-    best = repro.json("artifacts/tune/vae-digits/best.json")
+    best = repro.json(LAYOUT.tune("vae-digits").best)
     assert best["overrides"]["model.beta"] in (0.5, 2.0)
 
 
 def test_evaluate_scores_seeds_and_baselines_on_one_split_and_protocol(repro):
-    ev = repro.json("artifacts/eval/vae-digits/metrics.json")
+    ev = repro.json(LAYOUT.eval("vae-digits").metrics)
     assert 0 < ev["test_bits_per_dim"] < 10 and ev["test_bound"] == 1.0
     assert ev["seeds"] == 2 and ev["test_bits_per_dim_std"] > 0 and set(ev["per_seed"]) == {"0", "1"}
-    featurizer = repro.json("artifacts/featurizer-metrics/digits.json")
+    featurizer = repro.json(LAYOUT.featurizer_metrics("digits"))
     assert ev["featurizer"] == featurizer["hash"] and 0 <= ev["precision"] <= 1 and ev["fd"] > 0
     for kind in ("gmm", "kde"):  # baselines on the same split, by the same protocol
-        base = repro.json(f"artifacts/eval/baseline-{kind}-digits/metrics.json")
+        base = repro.json(LAYOUT.eval(baseline_label(kind, "digits")).metrics)
         assert base["featurizer"] == featurizer["hash"] and base["seeds"] == 2
         assert 2.0 < base["test_bits_per_dim"] < 4.09
-    toy = repro.json("artifacts/eval/wgan_gp-ring8/metrics.json")
+    toy = repro.json(LAYOUT.eval("wgan_gp-ring8").metrics)
     assert 0 <= toy["modes"] <= 8 and toy["w1"] > 0
 
 

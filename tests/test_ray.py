@@ -16,6 +16,7 @@ import pytest
 from gm.params import parse_params
 from gm.models.base import load_model
 from gm.training import driver
+from gm.core.layout import Layout
 from gm.training.driver import export_checkpoint, fit, select_checkpoint
 from gm.training.validate import validation_scores
 from tests.helpers import tiny_params
@@ -70,7 +71,7 @@ def recovered(two_nodes, prepared, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(driver, "outcome_from_result", keep_live)
-        out = fit(exp, prepared / "artifacts/prepared/ring8", str(tmp / "ray"), "two-workers")
+        out = fit(exp, Layout(prepared).prepared("ring8"), str(tmp / "ray"), "two-workers")
     return exp, out, live["result"], tmp
 
 
@@ -79,7 +80,7 @@ def revalidated(model_dir, exp, prepared) -> float:
     from gm.data.io import read_split
 
     model = load_model(model_dir)
-    val_x, _ = read_split(prepared / "artifacts/prepared/ring8", "val")
+    val_x, _ = read_split(Layout(prepared).prepared("ring8"), "val")
     return validation_scores(model, model.data, val_x, exp.train.val_samples, seed=exp.train.seed)["val_score"]
 
 
@@ -127,6 +128,6 @@ def test_select_last_exports_the_final_checkpoint_of_a_stored_run(recovered, pre
 
 def test_a_diverging_run_stops_with_its_reason_and_no_checkpoint(two_nodes, prepared, tmp_path):
     exp = experiment("vae-digits", model={"lr": 1e12}, steps=60, eval_every=30)
-    out = fit(exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "diverge")
+    out = fit(exp, Layout(prepared).prepared("digits"), str(tmp_path / "ray"), "diverge")
     assert out.diverged and ("nan" in out.diverged or "inf" in out.diverged)
     assert out.checkpoint is None and out.export(tmp_path / "best") is None

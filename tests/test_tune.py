@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from gm.core.layout import Layout
 from gm.core.config import ConfigError
 from gm.params import parse_params
-from gm.models.base import load_model
 from tests.helpers import REPO, env_for, tiny_params, write_params
 
 
@@ -36,8 +36,8 @@ def sweep_of(raw: dict):
 def sweep_root(prepared, tmp_path) -> Path:
     """A repository root with the prepared tiny datasets, for pipelines.tune."""
     root = tmp_path / "root"
-    (root / "artifacts").mkdir(parents=True)
-    (root / "artifacts" / "prepared").symlink_to(prepared / "artifacts" / "prepared")
+    Layout(root).artifacts.mkdir(parents=True)
+    Layout(root).prepared_root.symlink_to(Layout(prepared).prepared_root)
     return root
 
 
@@ -79,7 +79,7 @@ def test_pbt_exploits_a_stronger_trials_checkpoint_and_perturbs_its_knobs(local_
                                        quantile_fraction=0.5, resample_probability=0.0,
                                        space={"model.lr": {"loguniform": [1e-5, 1e-1]}}))
     exp = dataclasses.replace(exp, train=dataclasses.replace(exp.train, steps=90))
-    result = run_sweep(sweep, exp, prepared / "artifacts/prepared/digits", str(tmp_path / "ray"), "tune-pbt")
+    result = run_sweep(sweep, exp, Layout(prepared).prepared("digits"), str(tmp_path / "ray"), "tune-pbt")
     trials = list(result.grid)
     assert len(trials) == 2 and all(t.error is None for t in trials)
     log = Path(result.grid.experiment_path) / "pbt_global.txt"
@@ -143,9 +143,9 @@ def test_pbt_rejects_a_knob_that_changes_parameter_shapes(prepared):
     sweep, exp = sweep_of(sweep_params(scheduler="pbt", space={"model.hidden": {"choice": [16, 64]}}))
     with pytest.raises(ConfigError, match=r"tune.sweeps.s.space.model.hidden: value 16 changes the model's "
                                           r"parameter shapes"):
-        check_pbt_space(sweep, exp, data_spec(prepared / "artifacts/prepared/digits"), "tune.sweeps.s")
+        check_pbt_space(sweep, exp, data_spec(Layout(prepared).prepared("digits")), "tune.sweeps.s")
     sweep, exp = sweep_of(sweep_params(scheduler="pbt", space={"model.beta": {"loguniform": [0.1, 4.0]}}))
-    check_pbt_space(sweep, exp, data_spec(prepared / "artifacts/prepared/digits"), "tune.sweeps.s")
+    check_pbt_space(sweep, exp, data_spec(Layout(prepared).prepared("digits")), "tune.sweeps.s")
 
 
 RESUMABLE = textwrap.dedent("""
@@ -160,7 +160,7 @@ RESUMABLE = textwrap.dedent("""
     params = parse_params(resumable_params())
     init_ray(params.ray)
     sweep = params.sweeps["s"]
-    run_sweep(sweep, params.experiments[sweep.experiment], root / "artifacts/prepared/digits",
+    run_sweep(sweep, params.experiments[sweep.experiment], Layout(root).prepared("digits"),
               sys.argv[2], "tune-s")
 """)
 
@@ -205,7 +205,7 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local
     params = parse_params(resumable_params())
     sweep = params.sweeps["s"]
     # the same sweep run again (as a second `dvc repro` would) continues the interrupted one
-    result = run_sweep(sweep, params.experiments["vae-digits"], prepared / "artifacts/prepared/digits",
+    result = run_sweep(sweep, params.experiments["vae-digits"], Layout(prepared).prepared("digits"),
                        str(storage), "tune-s")
     trials = list(result.grid)
     assert len(trials) == 2 and all(t.error is None for t in trials)

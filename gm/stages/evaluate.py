@@ -73,7 +73,7 @@ def baselines(dataset: str, root: Path, params) -> list[Candidate]:
     return out
 
 
-SOURCES = {"train": trained, "tune": tuned, "baseline": baselines}
+CANDIDATES = {"train": trained, "tune": tuned, "baseline": baselines}  # `pipelines.evaluate <source> <name>`
 
 
 def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
@@ -129,5 +129,5 @@ def evaluate_source(source: str, name: str, root: Path) -> Iterator[dict]:
     each summary as soon as it is written (the stage prints a line per candidate as it goes)."""
     params = stage.params(root)
     tracking.setup(params.mlflow, root)
-    for c in SOURCES[source](name, root, params):
+    for c in CANDIDATES[source](name, root, params):
         yield evaluate_candidate(c, root, params)
