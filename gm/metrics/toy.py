@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import ot
 
 from gm.core.registry import register_metric
 
@@ -53,6 +52,8 @@ def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: float) -> dict[s
 
 
 def _w1(a: np.ndarray, b: np.ndarray) -> float:
+    import ot  # POT loads scikit-learn's clustering: a second in every stage process that needs no W1
+
     a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
     b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
     cost = ot.dist(a, b, metric="euclidean")  # (N, M)
