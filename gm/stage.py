@@ -56,6 +56,7 @@ def entry(fn):
 
     return main
 
+
 def record_time(module: str, args, started: float) -> None:
     """artifacts/timings/<stage>.json: wall time of a successful stage (read by `make bench`)."""
     spec = getattr(sys.modules.get(module), "__spec__", None)  # `python -m pipelines.x` runs as __main__
