@@ -151,6 +151,7 @@ def test_pbt_rejects_a_knob_that_changes_parameter_shapes(prepared):
 RESUMABLE = textwrap.dedent("""
     import sys
     from pathlib import Path
+    from gm.core.layout import Layout
     from gm.params import parse_params
     from gm.training.cluster import init_ray
     from tests.test_tune import resumable_params
