@@ -34,12 +34,10 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Train gives a worker group 60 s to start; a busy 2-core machine needs longer to spawn
-    # workers that import torch (a timeout fails the trial). Jobs pass it on to every worker.
+    # a worker group's start-up allowance, and Train V2: passed on to every worker (docs/architecture.md)
     env_vars = {k: os.environ.setdefault(k, v) for k, v in (("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"),
                                                             ("RAY_TRAIN_V2_ENABLED", "1"))}
-    # The dashboard serves Ray's state API, which Train V2's placement-group cleaner needs to free
-    # the workers of a trial that Tune stops early (ray-project/ray#54305): keep it on.
+    # the dashboard serves the state API that Train's placement-group cleaner needs (docs/architecture.md)
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
                   runtime_env={"env_vars": env_vars,
                                "worker_process_setup_hook": "gm.training.cluster.pin_ray_address"})
@@ -59,12 +57,8 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
 
 
 def pin_ray_address() -> None:
-    """Worker set-up hook: point Ray's state API at this worker's own cluster.
-
-    The state API finds its cluster by scanning the machine; with two local Rays running
-    (two pipelines, a test beside a run) it gives up, and Train's placement-group cleaner
-    then cannot free the workers of a trial Tune stopped early, which hangs the sweep.
-    """
+    """Worker set-up hook: point Ray's state API at this worker's own cluster, which it cannot pick
+    by itself when two local Rays share the machine (docs/architecture.md, "Known traps")."""
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
