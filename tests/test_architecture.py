@@ -143,12 +143,27 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                 if w == v:
                     break
             if len(comp) > 1:
-                out.append(sorted(comp) + [sorted(comp)[0]])
+                out.append(cycle_through(sorted(comp)[0], set(comp), graph))
 
     for v in sorted(graph):
         if v not in index:
             strong(v)
     return out
+
+
+def cycle_through(start: str, component: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """An actual import path from `start` back to itself inside a strongly connected component."""
+    path, seen = [start], {start}
+    while True:
+        nxt = sorted(graph[path[-1]] & component)
+        if start in nxt and len(path) > 1:
+            return path + [start]
+        step = next((m for m in nxt if m not in seen), None)
+        if step is None:  # every successor seen: close the loop where it re-enters the path
+            back = next(m for m in nxt if m in seen)
+            return path[path.index(back):] + [back]
+        path.append(step)
+        seen.add(step)
 
 
 def test_every_module_belongs_to_a_layer():
