@@ -34,11 +34,11 @@ run: data
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --timeout=900 --durations=15 tests
 
 # everything but the tests that start Ray or an MLflow server or run DVC (marked integration)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300 --durations=10 -m "not integration" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --timeout=300 --durations=10 -m "not integration" tests
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
