@@ -34,9 +34,10 @@ run: data
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --timeout=900 --durations=15 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
 
-# everything but the tests that start Ray or an MLflow server or run DVC (marked integration)
+# everything but the tests that start Ray or an MLflow server or run DVC (marked integration), on both cores;
+# make test stays on one process: Ray's tests are slower beside a second worker than after it
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --timeout=300 --durations=10 -m "not integration" tests
 

@@ -16,15 +16,6 @@ from tests.helpers import (  # noqa: F401  (re-exported for `from tests.conftest
 )
 
 
-def pytest_collection_modifyitems(items):
-    """Under `pytest -n 2 --dist loadgroup` (make test) the integration tests run one after another
-    on one worker, in file order, while the other worker takes the rest: two Ray clusters at once
-    would only fight over the 2 cores, but the unit tests fill the time Ray spends starting up."""
-    for item in items:
-        if item.get_closest_marker("integration") is not None:
-            item.add_marker(pytest.mark.xdist_group("integration"))
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     # Every tensor in the unit tests is tiny: intra-op threads only add overhead, and on a
