@@ -23,6 +23,7 @@ from gm.models.base import Batch
 from gm.core.registry import FAMILIES
 from gm.models._adversarial import critic_grad_norms
 from gm.training.loop import apply_step
+from gm.figures import axes, save
 
 SETTINGS = (("wgan", {"clip": 0.1}), ("wgan", {"clip": 0.01}), ("wgan", {"clip": 0.001}),
             ("wgan_gp", {"gp_weight": 10.0}))
@@ -63,20 +64,8 @@ def run(seed: int = 0, steps: int = 200, depth: int = 12, hidden: int = 128, bat
 
 
 def plot(result: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = axes(path, (6, 4))
     for name, norms in result.items():
         ax.plot(range(1, len(norms) + 1), np.log10(np.maximum(norms, 1e-30)), marker="o", label=name)
-    ax.set_xlabel("critic layer (input → output)")
-    ax.set_ylabel("log10 gradient norm")
-    ax.set_title("WGAN critics on the Swiss roll (Gulrajani et al. 2017, Fig. 1b)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, xlabel="critic layer (input → output)", ylabel="log10 gradient norm",
+                title="WGAN critics on the Swiss roll (Gulrajani et al. 2017, Fig. 1b)", dpi=110)

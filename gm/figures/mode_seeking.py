@@ -24,6 +24,7 @@ from torch import nn
 from gm.models.fgan import DIVERGENCES, Divergence, generator_loss, variational_objective
 from gm.nn.mlp import mlp
 from gm.core.numerics import normal_log_prob, randn
+from gm.figures import axes, save
 
 MEANS = (-2.0, 2.0)  # the target's two modes, equally weighted
 STD = 0.5
@@ -150,15 +151,8 @@ def run(seed: int = 0, steps: int = 1000) -> dict:
 
 def plot(result: dict, path: str | Path) -> Path:
     """The target density, each divergence's fitted Gaussian (solid) and exact optimum (dashed), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = axes(path, (7, 4))
     x = torch.linspace(-6, 6, 1201, dtype=torch.float64)
-    fig, ax = plt.subplots(figsize=(7, 4))
     ax.fill_between(x.numpy(), target_log_prob(x).exp().numpy(), color="0.85", label="target P")
     colours = {"kl": "tab:blue", "reverse_kl": "tab:red"}
     labels = {"kl": "KL(P‖Q)", "reverse_kl": "KL(Q‖P)"}
@@ -167,11 +161,5 @@ def plot(result: dict, path: str | Path) -> Path:
             density = normal_log_prob(x, mu, math.log(sigma)).exp()
             ax.plot(x.numpy(), density.numpy(), style, color=colours.get(name),
                     label=f"{labels.get(name, name)}, {what}: μ={mu:.2f}, σ={sigma:.2f}")
-    ax.set_xlabel("x")
-    ax.set_ylabel("density")
-    ax.set_title("One Gaussian fitted to two: forward KL covers, reverse KL seeks")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, ax, path, xlabel="x", ylabel="density",
+                title="One Gaussian fitted to two: forward KL covers, reverse KL seeks", dpi=120)
