@@ -10,7 +10,6 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from gm import stage
 from gm.core.config import ConfigError, build
 from gm.data.dataspec import DataSpec
 from tests.helpers import DIGITS

@@ -15,7 +15,7 @@ from gm.models.base import Batch, GenerativeModel, load_model, save_model
 from gm.models.gan import GANConfig, generator_loss
 from gm.models.realnvp import RealNVPConfig
 from gm.models.vae import VAE, VAEConfig, gaussian_kl
-from gm.models.wgan_gp import WGANGP, WGANGPConfig, gradient_penalty
+from gm.models.wgan_gp import WGANGPConfig, gradient_penalty
 from gm.nn.mlp import mlp
 from gm.core.numerics import normal_log_prob
 from gm.core.registry import FAMILIES as REGISTRY
