@@ -40,21 +40,22 @@ class Params:
     path: Path
 
     def dataset(self, name: str):
-        """The source config of data.datasets.<name>, or a one-line error listing the known ones."""
-        if name not in self.datasets:
-            raise ConfigError(f"data.datasets.{name}: no such dataset; expected one of: {', '.join(self.datasets)}")
-        return self.datasets[name]
+        """The source config of data.datasets.<name>."""
+        return lookup(self.datasets, name, "data.datasets", "dataset")
 
     def sweep(self, name: str):
-        """The tune.SweepConfig of tune.sweeps.<name>, or a one-line error listing the known ones."""
-        if name not in self.sweeps:
-            raise ConfigError(f"tune.sweeps.{name}: no such sweep; expected one of: {', '.join(self.sweeps)}")
-        return self.sweeps[name]
+        """The tune.SweepConfig of tune.sweeps.<name>."""
+        return lookup(self.sweeps, name, "tune.sweeps", "sweep")
 
     def experiment(self, name: str) -> ExperimentConfig:
-        if name not in self.experiments:
-            raise ConfigError(f"experiments.{name}: no such experiment; expected one of: {', '.join(self.experiments)}")
-        return self.experiments[name]
+        return lookup(self.experiments, name, "experiments", "experiment")
+
+
+def lookup(table: Mapping, name: str, section: str, kind: str):
+    """table[name], or a one-line ConfigError naming <section>.<name> and the known names."""
+    if name not in table:
+        raise ConfigError(f"{section}.{name}: no such {kind}; expected one of: {', '.join(table)}")
+    return table[name]
 
 
 TOP_LEVEL = ("ray", "mlflow", "data", "featurize", "train", "experiments", "tune", "evaluate")
