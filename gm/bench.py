@@ -42,7 +42,8 @@ from gm.data.io import data_spec, read_split
 from gm.models.base import build_model
 from gm.training.driver import fit
 from gm.training.cluster import init_ray
-from gm.training.loop import BatchStream, Stepper, run_steps
+from gm.training.engine import Stepper, run_steps
+from gm.training.loop import BatchStream
 from tune.driver import run_sweep
 from gm.inference import sample_data
 from gm.training.cluster import storage_path

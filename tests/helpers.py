@@ -60,7 +60,7 @@ def perturb(model: torch.nn.Module, std: float, seed: int = 0) -> None:
 
 
 def _model_space_stepper(model: GenerativeModel):
-    from gm.training.loop import Stepper
+    from gm.training.engine import Stepper
 
     class ModelSpaceStepper(Stepper):
         """The training loop's Stepper fed batches already in model space (Batch objects)."""
@@ -73,13 +73,13 @@ def _model_space_stepper(model: GenerativeModel):
 
 def train_steps(model: GenerativeModel, batches: Callable[[], Batch] | Iterable[Batch], steps: int,
                 check: Callable | None = None) -> list[dict]:
-    """`steps` iterations of the training loop's schedule (gm.training.loop.Stepper: each group
+    """`steps` iterations of the training loop's schedule (gm.training.engine.Stepper: each group
     `repeats` optimizer steps, in order, a fresh batch per optimizer step); returns each
     iteration's logs (`loss_<group>` and the model's logs).
 
     `batches`: a function returning a Batch, or an iterable of them. `check(out)` runs on every
     optimizer step's ModelOutput (e.g. the loss decomposition). A non-finite loss raises
-    gm.training.loop.Diverged, as in training."""
+    gm.training.engine.Diverged, as in training."""
     stepper = _model_space_stepper(model)
     stream = iter(batches, None) if callable(batches) else iter(batches)
     if check is not None:

@@ -11,7 +11,7 @@ import gm.models  # noqa: F401  (fills the registry)
 from gm.core.config import build
 from gm.models.base import build_model
 from gm.core.registry import FAMILIES
-from gm.training.loop import Stepper, lr_factor
+from gm.training.engine import Stepper, lr_factor
 from tests.helpers import TOY
 
 

@@ -22,7 +22,7 @@ from gm.data.dataspec import DataSpec
 from gm.models.base import Batch
 from gm.core.registry import FAMILIES
 from gm.models._adversarial import critic_grad_norms
-from gm.training.loop import apply_step
+from gm.training.engine import apply_step
 from gm.figures import axes, save
 
 SETTINGS = (("wgan", {"clip": 0.1}), ("wgan", {"clip": 0.01}), ("wgan", {"clip": 0.001}),

@@ -34,6 +34,10 @@ class TrainParams:
     max_failures: int = bounded(2, ge=-1)  # worker/node failures survived by resuming from the latest checkpoint
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # every group's lr, from its value to 0 over steps
     data_in_memory: bool = True  # pull each worker's shard once (small data); False streams every epoch
+    # autocast precision of the step: bf16 runs matmuls/convs in bfloat16 (log-determinants, likelihood
+    # reductions and penalties stay fp32; docs/architecture.md); fp32 everywhere by default
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile the step's loss (graph breaks are counted and reported)
     fail_once_at_step: int | None = bounded(None, gt=0)  # fault injection for recovery tests
     scaling: ScalingParams = field(default_factory=ScalingParams)
 
