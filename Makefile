@@ -29,7 +29,7 @@ data: $(STAMP)
 	$(BIN)/gm data init
 
 run: data
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(BIN)/gm repro
 	@echo
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from gm import stage
 from gm.data.bootstrap import materialise_default_data
 from gm import tracking
+from gm.training.cluster import shared_ray
 
 
 def cmd_data_init(args) -> None:
@@ -60,6 +61,26 @@ def cmd_sample(args) -> None:
     print(f"{args.out}: {x.shape} samples from {args.model_uri}")
 
 
+def repro(root: Path, dvc_args: list[str], env: dict | None = None) -> int:
+    """`dvc repro <dvc_args>` in `root` with one local Ray for all its stages (gm.training.cluster.shared_ray:
+    each Ray stage joins it instead of starting and stopping its own); returns dvc's exit status."""
+    import os
+    import subprocess
+
+    env = dict(os.environ if env is None else env)
+    with shared_ray(stage.params(root).ray) as shared:
+        env.update(shared)
+        env.pop("RAY_ADDRESS", None)  # init_ray points this process's state API at its Ray: not the children's
+        dvc = Path(sys.executable).with_name("dvc")
+        return subprocess.run([str(dvc) if dvc.exists() else "dvc", "repro", *dvc_args], cwd=root, env=env).returncode
+
+
+def cmd_repro(args) -> None:
+    rc = repro(Path(args.root).resolve(), args.dvc_args)
+    if rc:
+        raise stage.StageError(f"dvc repro failed (exit {rc}); see its output above")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="gm", description=__doc__)
     parser.add_argument("--root", default=".", help="the pipeline's root (where params.yaml is)")
@@ -67,6 +88,9 @@ def main(argv=None) -> None:
     data = sub.add_parser("data", help="raw data in data/").add_subparsers(dest="action", required=True)
     data.add_parser("init", help="materialise the bundled digits into data/ (byte for byte)").set_defaults(fn=cmd_data_init)
     sub.add_parser("check", help="validate params.yaml and the data files it names").set_defaults(fn=cmd_check)
+    r = sub.add_parser("repro", help="dvc repro with one Ray for all its stages (what `make run` runs)")
+    r.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (targets, -f, ...)")
+    r.set_defaults(fn=cmd_repro)
     s = sub.add_parser("sample", help="draw samples from a registered model")
     s.add_argument("model_uri", help="e.g. models:/gm-wgan_gp-grid25@champion")
     s.add_argument("-n", type=int, default=16)

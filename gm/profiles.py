@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from gm import stage, tracking
+from gm.cli import repro
 from gm.core.layout import Layout
 from gm.params import load_params
 
@@ -59,9 +60,9 @@ def run_profile(name: str, root: Path, keep_code: bool = False) -> Path:
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "GM_ROOT": str(work)}
     env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri(tracking.MlflowParams(), root))
     subprocess.run([sys.executable, "-m", "gm.cli", "--root", str(work), "data", "init"], cwd=work, env=env, check=True)
-    r = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=work, env=env)
-    if r.returncode != 0:
-        raise stage.StageError(f"profile {name}: dvc repro failed in {work} (exit {r.returncode}); see its output above")
+    rc = repro(work, [], env)
+    if rc != 0:
+        raise stage.StageError(f"profile {name}: dvc repro failed in {work} (exit {rc}); see its output above")
     dest = Layout(root).profile_reports(name)
     if dest.exists():
         shutil.rmtree(dest)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from gm.core import timing
 from gm.core.config import ConfigError
 from gm.core.layout import Layout
 from gm.params import Params, load_params
@@ -49,18 +50,21 @@ def entry(fn):
 
     @functools.wraps(fn)
     def main(argv=None):
-        started = time.time()
+        started, age = time.time(), timing.process_age()
         out = guarded(lambda: fn(argv))
-        record_time(fn.__module__, argv if argv is not None else sys.argv[1:], started)
+        record_time(fn.__module__, argv if argv is not None else sys.argv[1:], started, age)
         return out
 
     return main
 
 
-def record_time(module: str, args, started: float) -> None:
-    """artifacts/timings/<stage>.json: wall time of a successful stage (read by `make bench`)."""
+def record_time(module: str, args, started: float, process_start: float = 0.0) -> None:
+    """artifacts/timings/<stage>.json: wall time of a successful stage (read by `make bench`): from
+    main() on (`seconds`), the interpreter and imports before it (`process_start`), and the phases
+    and runs the stage recorded in gm.core.timing."""
     spec = getattr(sys.modules.get(module), "__spec__", None)  # `python -m pipelines.x` runs as __main__
     name = spec.name if spec is not None else module
     label = name.rsplit(".", 1)[-1] + "".join(f"@{a}" for a in args if not str(a).startswith("-"))
     write_json(Layout(root()).timing(label),
-               {"stage": label, "started": started, "seconds": time.time() - started})
+               {"stage": label, "started": started - process_start, "seconds": time.time() - started,
+                "process_start": process_start, "phases": timing.PHASES.snapshot(), "runs": timing.PHASES.runs})

@@ -18,7 +18,9 @@ from gm.core.layout import Layout
 from gm.models.base import load_model
 from gm.training.driver import TrainOutcome, check_buildable, fit_many
 from gm.training.cluster import init_ray, storage_path
-from gm.training.validate import validation_metric
+from gm.training.validate import reported_metric
+from gm.core import timing
+from gm.core.timing import phase
 
 
 def seed_runs(exp: ExperimentConfig) -> list[tuple[ExperimentConfig, str]]:
@@ -42,9 +44,10 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
             tracking.set_tag("gm.failure_reason", reason)
             raise stage.StageError(f"experiment {exp.name} (seed {seed}) diverged ({reason}); nothing of this "
                                    f"seed was registered; lower the learning rates in experiments.{exp.name}.model")
-        model_dir = outcome.export(dest)
-        model = load_model(model_dir)
-        metric = validation_metric(model, model.data)
+        with phase("export"):
+            model_dir = outcome.export(dest)
+            model = load_model(model_dir)
+        metric = reported_metric(outcome.metrics)
         row = {
             "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.metrics["step"]),
             "wall_seconds": outcome.wall_seconds, "train_seconds": outcome.train_seconds,
@@ -53,9 +56,10 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
             "steps_per_s": exp.train.steps / outcome.train_seconds if outcome.train_seconds else 0.0,
         }
         tracking.log_metrics({f"best_{k}": v for k, v in row.items() if k != "seed"})
-        row["registered_version"] = tracking.register_version(
-            model_dir, exp.family, exp.dataset, score, metric, model.likelihood,
-            {"gm.source": "train", "gm.experiment": exp.name, "gm.seed": str(seed)})
+        with phase("registration"):
+            row["registered_version"] = tracking.register_version(
+                model_dir, exp.family, exp.dataset, score, metric, model.likelihood,
+                {"gm.source": "train", "gm.experiment": exp.name, "gm.seed": str(seed)})
     return row
 
 
@@ -64,15 +68,21 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
     params = stage.params(root)
     exp = params.experiment(name)
     data_dir = stage.prepared_dir(exp.dataset, root)
-    check_buildable(exp, data_dir)  # before Ray starts
+    with phase("check"):
+        check_buildable(exp, data_dir)  # before Ray starts
     out = Layout(root).train(name)
-    init_ray(params.ray)
-    tracking.setup(params.mlflow, root)
+    with phase("ray_start"):
+        init_ray(params.ray)
+    with phase("mlflow_setup"):
+        tracking.setup(params.mlflow, root)
     tags = tracking.stage_tags("train", name, root, exp.dataset, **{"gm.family": exp.family})
     runs = seed_runs(exp)
     with tracking.run(f"train/{name}", tags) as parent:
         tracking.log_params(exp.to_dict())
-        outcomes = fit_many(runs, data_dir, storage_path(params.ray, root), resume=resume)
+        with phase("fits"):
+            outcomes = fit_many(runs, data_dir, storage_path(params.ray, root), resume=resume)
+        for (e, _), o in zip(runs, outcomes):
+            timing.PHASES.record_run(f"seed{e.train.seed}", {"fit": o.wall_seconds, **o.phases})
         write_json(out.history, [{"seed": e.train.seed, **h} for (e, _), o in zip(runs, outcomes)
                                           for h in o.history])
         rows = [record_seed(e, e.train.seed, o, out.model(e.train.seed), parent.info.run_id, tags)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gm.core.config import ConfigError
 from gm.training.experiment import ExperimentConfig
-from gm.data.io import data_spec
+from gm.data.io import data_spec, read_split
 from gm.training.loop import train_loop_per_worker
 from gm.models.base import build_model
 
@@ -47,27 +47,33 @@ def check_buildable(exp: ExperimentConfig, data_dir: Path) -> None:
 
 def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, callbacks=None,
                  init_checkpoint=None):
-    """A TorchTrainer for one experiment: Ray Data shards, best+latest checkpoints, failure recovery.
+    """A TorchTrainer for one experiment: its data, best+latest checkpoints, failure recovery.
 
-    `init_checkpoint` (a ray.train.Checkpoint) starts the run from that state instead of from scratch:
-    Train V2 has no `resume_from_checkpoint`, so it travels in the loop config."""
+    In-memory data (`train.data_in_memory`) goes to the workers through Ray's object store, read here
+    once (no Ray Data pipeline to start: seconds per fit on small data); otherwise each worker streams
+    its Ray Data shard. `init_checkpoint` (a ray.train.Checkpoint) starts the run from that state instead
+    of from scratch: Train V2 has no `resume_from_checkpoint`, so it travels in the loop config."""
+    import ray
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     data_dir = Path(data_dir).resolve()
     spec = data_spec(data_dir)
-    train = ray.data.read_parquet(str(data_dir / "train.parquet"))
+    arrays, datasets, data_config = None, None, None
     if exp.train.data_in_memory:
-        train = train.materialize()  # read once here; workers only split blocks already in the object store
+        arrays = {split: ray.put(read_split(data_dir, split)) for split in ("train", "val")}
+    else:
+        datasets = {"train": ray.data.read_parquet(str(data_dir / "train.parquet"))}
+        data_config = DataConfig(datasets_to_split=["train"])
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": exp.to_dict(), "spec": spec.to_dict(), "data_dir": str(data_dir),
-                           "init_checkpoint": init_checkpoint},
+                           "arrays": arrays, "init_checkpoint": init_checkpoint},
         torch_config=TorchConfig(backend="nccl" if exp.train.scaling.use_gpu else "gloo"),
         scaling_config=scaling_config(exp),
-        datasets={"train": train},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        datasets=datasets,
+        dataset_config=data_config,
         run_config=RunConfig(
             name=name,
             storage_path=storage,
@@ -95,6 +101,10 @@ class TrainOutcome:
     worker_seconds: float  # rank 0's loop function from entry to return (steps, validation, checkpoints)
     run_path: str
     nodes: list[str] = field(default_factory=list)  # Ray node of each rank
+    # where the fit's time went, seconds: worker_start (fit() called -> rank 0 in the loop function: Train's
+    # controller, placement, worker processes, process group), rank 0's setup, data, steps, validation,
+    # checkpoint (write + report), and teardown (loop function returned -> fit() returned)
+    phases: dict = field(default_factory=dict)
 
     def export(self, dest: Path) -> Path | None:
         """Copy the chosen checkpoint's model to `dest` (replacing it); None when there is none."""
@@ -144,7 +154,16 @@ def export_selected(result, dest: Path, select: str = "best") -> dict:
     return metrics
 
 
-def outcome_from_result(result, wall_seconds: float, select: str = "best") -> TrainOutcome:
+def fit_phases(ret: dict, started: float, ended: float) -> dict:
+    """The fit's time breakdown from the worker's own phases and its entry/exit wall-clock times."""
+    phases = dict(ret.get("phases") or {})
+    if "entered" in ret and "left" in ret:
+        phases["worker_start"] = max(0.0, ret["entered"] - started)
+        phases["teardown"] = max(0.0, ended - ret["left"])
+    return phases
+
+
+def outcome_from_result(result, wall_seconds: float, select: str = "best", started: float | None = None) -> TrainOutcome:
     ret = result.return_value or {}
     ckpt, metrics = select_checkpoint(result, select)
     history = ret.get("history")
@@ -156,6 +175,7 @@ def outcome_from_result(result, wall_seconds: float, select: str = "best") -> Tr
         train_seconds=float(ret.get("train_seconds") or 0.0),
         worker_seconds=float(ret.get("worker_seconds") or 0.0), run_path=result.path,
         nodes=list(ret.get("nodes") or []),
+        phases=fit_phases(ret, started, started + wall_seconds) if started is not None else {},
     )
 
 
@@ -184,22 +204,24 @@ def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: 
     """
     if not resume:
         clear_run(storage, name)
+    started, t0 = time.time(), time.perf_counter()
     trainer = make_trainer(exp, data_dir, storage, name)
-    t0 = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - t0
     if result.error is not None:
         raise RuntimeError(f"experiment {exp.name}: training failed: {result.error}") from result.error
-    return outcome_from_result(result, wall, exp.train.select)
+    return outcome_from_result(result, wall, exp.train.select, started)
 
 
 def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: str,
              resume: bool = False) -> list[TrainOutcome]:
-    """Several Train runs (e.g. seeds) at once: each TorchTrainer is driven from a Ray task
-    holding no CPU, so as many run side by side as the cluster has room for their workers."""
-    import ray
+    """Several Train runs (e.g. seeds) at once: each TorchTrainer.fit() waits in a thread of this
+    process (its controller and workers are Ray actors), so as many run side by side as the cluster
+    has room for their workers, at no extra process start per run."""
+    from concurrent.futures import ThreadPoolExecutor
 
     if len(runs) == 1:
         return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=resume)]
-    remote = ray.remote(num_cpus=0, max_retries=0)(fit)
-    return ray.get([remote.remote(exp, data_dir, storage, name, resume) for exp, name in runs])
+    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="fit") as pool:
+        futures = [pool.submit(fit, exp, data_dir, storage, name, resume) for exp, name in runs]
+        return [f.result() for f in futures]

@@ -27,6 +27,7 @@ from gm.training.engine import Diverged, Stepper, run_steps, sync_initial_state
 from gm.training.experiment import experiment_from_dict
 from gm.training.validate import validation_scores
 from gm.core.dist import world
+from gm.core.timing import Phases
 from gm.data.io import arrow_to_numpy
 
 
@@ -67,10 +68,19 @@ class BatchStream:
                     yield arrow_to_numpy(table, self.shape)
 
 
+class InMemory:
+    """A worker's share of an in-memory split, read like a Ray Data shard by BatchStream."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None):
+        self.arrays = (x, y)
+
+
 def pull_all(shard, shape) -> tuple[np.ndarray, np.ndarray | None]:
     """Materialise a whole Ray Data shard (or dataset) as numpy arrays."""
     import pyarrow as pa
 
+    if isinstance(shard, InMemory):
+        return shard.arrays
     tables = list(shard.iter_batches(batch_size=8192, batch_format="pyarrow"))
     return arrow_to_numpy(pa.concat_tables(tables), shape)
 
@@ -93,68 +103,104 @@ def gather_nodes() -> list[str]:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def write_checkpoint(directory: Path, model, stepper: Stepper, step: int, metrics: dict, best: float) -> None:
+def write_checkpoint(directory: Path, model, stepper: Stepper, step: int, metrics: dict, best: float,
+                     history: list[dict]) -> None:
     save_model(model, directory / "model")
     torch.save({"step": step, "best": best, **stepper.state_dict()}, directory / "state.pt")
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    (directory / "history.json").write_text(json.dumps(history))  # the curve so far: a resumed run keeps it
 
 
-def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, float]:
+def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, float, list[dict]]:
+    """(step, best validation score, history up to that step) of a checkpoint, its state loaded."""
     state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(load_model(directory / "model").state_dict())
     stepper.load_state_dict(state)
-    return int(state["step"]), float(state["best"])
+    hist = directory / "history.json"
+    history = json.loads(hist.read_text()) if hist.is_file() else []
+    return int(state["step"]), float(state["best"]), history
 
 
 # ----------------------------------------------------------------------- worker entry
 
 
-def train_loop_per_worker(config: dict) -> dict:
-    """Ray Train worker function. `config`: {"experiment": ExperimentConfig.to_dict(), "spec": DataSpec dict,
-    "data_dir": prepared split folder, optionally "init_checkpoint": a ray.train.Checkpoint to start from}."""
+def worker_data(config: dict, rank: int, size: int, spec: DataSpec, tp) -> tuple[Iterator, np.ndarray | None]:
+    """(batch iterator, validation x on rank 0 else None).
+
+    In memory (`train.data_in_memory`, small data): the driver put the splits in Ray's object store
+    once; each rank takes its contiguous share of the training rows, no Ray Data round trip.
+    Streaming: the rank's Ray Data shard, read again every epoch.
+    """
+    import ray
     import ray.train
 
-    entered = time.perf_counter()
-    exp = experiment_from_dict(config["experiment"])
-    spec = DataSpec.from_dict(config["spec"])
-    tp = exp.train
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    # one intra-op thread per reserved CPU: workers sharing cores with more threads than that
-    # spin against each other (an order of magnitude slower on 2 cores)
-    torch.set_num_threads(max(1, int(tp.scaling.cpus_per_worker)))
-    device = torch.device("cuda" if tp.scaling.use_gpu and torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        from ray.train.torch import get_device
+    seed = tp.seed + 7919 * rank + config.get("start_step", 0)
+    if config.get("arrays") is not None:
+        x, y = ray.get(config["arrays"]["train"])
+        share = np.array_split(np.arange(len(x)), size)[rank]
+        source = InMemory(x[share], y[share] if y is not None else None)
+        stream = BatchStream(source, spec.shape, tp.batch_size, True, seed)
+        val = ray.get(config["arrays"]["val"])[0] if rank == 0 else None
+    else:
+        stream = BatchStream(ray.train.get_dataset_shard("train"), spec.shape, tp.batch_size, False, seed)
+        val = read_split(config["data_dir"], "val")[0] if rank == 0 else None
+    return iter(stream), val
 
-        device = get_device()
 
-    torch.manual_seed(tp.seed)  # identical initial weights on every rank (then broadcast to be sure)
-    model = build_model(exp.family, exp.model, spec).to(device)
-    sync_initial_state(model)
-    torch.manual_seed(tp.seed + 1000 * rank + 1)  # different noise per rank
-    generator = torch.Generator(device=device).manual_seed(tp.seed + 1000 * rank + 2)
-    stepper = Stepper(model, spec, device, generator, tp.lr_schedule, tp.steps)
+def train_loop_per_worker(config: dict) -> dict:
+    """Ray Train worker function. `config`: {"experiment": ExperimentConfig.to_dict(), "spec": DataSpec dict,
+    "data_dir": prepared split folder, "arrays": object refs of the train and val splits (in-memory data)
+    or None (Ray Data shards), optionally "init_checkpoint": a ray.train.Checkpoint to start from}.
 
-    nodes = gather_nodes()
-    start, best, resumed_from = 0, math.inf, None
-    # this run's own latest checkpoint after a worker failure; else the one the driver hands over
-    # (a Tune trial restarted by PBT's exploit or a restored sweep): weights, optimizer state, step,
-    # under this run's config (PBT's perturbed learning rates apply from the next step on)
-    checkpoint = ray.train.get_checkpoint() or config.get("init_checkpoint")
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            start, best = read_checkpoint(Path(d), model, stepper)
-        resumed_from = start
+    Returns the curve, the divergence if any, and where the worker's time went (`phases`, seconds)
+    with its entry and exit wall-clock times, from which the driver derives start-up and teardown."""
+    import ray.train
 
-    shard = ray.train.get_dataset_shard("train")
-    batches = iter(BatchStream(shard, spec.shape, tp.batch_size, tp.data_in_memory, tp.seed + 7919 * rank + start))
-    # validation runs whole on rank 0, read straight from the prepared split (small by construction)
-    val = read_split(config["data_dir"], "val") if rank == 0 else None
+    entered_wall, entered = time.time(), time.perf_counter()
+    phases = Phases()
+    with phases("setup"):
+        exp = experiment_from_dict(config["experiment"])
+        spec = DataSpec.from_dict(config["spec"])
+        tp = exp.train
+        ctx = ray.train.get_context()
+        rank, size = ctx.get_world_rank(), ctx.get_world_size()
+        # one intra-op thread per reserved CPU: workers sharing cores with more threads than that
+        # spin against each other (an order of magnitude slower on 2 cores)
+        torch.set_num_threads(max(1, int(tp.scaling.cpus_per_worker)))
+        device = torch.device("cuda" if tp.scaling.use_gpu and torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            from ray.train.torch import get_device
 
-    history: list[dict] = []
+            device = get_device()
+
+        torch.manual_seed(tp.seed)  # identical initial weights on every rank (then broadcast to be sure)
+        model = build_model(exp.family, exp.model, spec).to(device)
+        sync_initial_state(model)
+        torch.manual_seed(tp.seed + 1000 * rank + 1)  # different noise per rank
+        generator = torch.Generator(device=device).manual_seed(tp.seed + 1000 * rank + 2)
+        stepper = Stepper(model, spec, device, generator, tp.lr_schedule, tp.steps)
+
+        nodes = gather_nodes()
+        start, best, resumed_from, history = 0, math.inf, None, []
+        # this run's own latest checkpoint after a worker failure or a killed driver; else the one the
+        # driver hands over (a Tune trial restarted by PBT's exploit or a restored sweep): weights,
+        # optimizer state, step, curve, under this run's config (PBT's perturbed learning rates apply
+        # from the next step on)
+        checkpoint = ray.train.get_checkpoint() or config.get("init_checkpoint")
+        if checkpoint is not None:
+            with checkpoint.as_directory() as d:
+                start, best, history = read_checkpoint(Path(d), model, stepper)
+            resumed_from = start
+    with phases("data"):
+        batches, val = worker_data({**config, "start_step": start}, rank, size, spec, tp)
+
+    def outcome(diverged: str | None) -> dict:
+        return {"history": history if rank == 0 else [], "diverged": diverged,
+                "train_seconds": phases.seconds.get("steps", 0.0),
+                "worker_seconds": time.perf_counter() - entered, "nodes": nodes, "phases": phases.snapshot(),
+                "entered": entered_wall, "left": time.time()}
+
     step = start
-    train_seconds = 0.0
     while step < tp.steps:
         stop = min(tp.steps, (step // tp.eval_every + 1) * tp.eval_every)
         if tp.fail_once_at_step and resumed_from is None and step < tp.fail_once_at_step <= stop:
@@ -163,28 +209,27 @@ def train_loop_per_worker(config: dict) -> dict:
         try:
             logs, seconds = run_steps(stepper, batches, step, stop)
         except Diverged as e:
-            metrics = {"step": step, "diverged": 1.0, "val_score": math.inf}
-            ray.train.report(metrics)
-            return {"history": history, "diverged": str(e), "train_seconds": train_seconds,
-                    "worker_seconds": time.perf_counter() - entered, "nodes": nodes}
-        train_seconds += seconds
-        metrics = {"step": stop, "diverged": 0.0, "train_seconds": train_seconds,
+            ray.train.report({"step": step, "diverged": 1.0, "val_score": math.inf})
+            return outcome(str(e))
+        phases.add("steps", seconds)
+        metrics = {"step": stop, "diverged": 0.0, "train_seconds": phases.seconds["steps"],
                    "steps_per_s": (stop - step) / seconds if seconds else 0.0,
                    **{k: float(v) for k, v in logs.items()}}
         step = stop
         if resumed_from is not None:
             metrics["resumed_from_step"] = resumed_from
         if rank == 0:
-            model.eval()
-            metrics.update(validation_scores(model, spec, val[0], tp.val_samples, seed=tp.seed))
-            best = min(best, metrics["val_score"])
-            metrics["best_val_score"] = best
-            history.append(metrics)
-            with tempfile.TemporaryDirectory() as d:
-                write_checkpoint(Path(d), model, stepper, step, metrics, best)
+            with phases("validation"):
+                model.eval()
+                metrics.update(validation_scores(model, spec, val, tp.val_samples, seed=tp.seed))
+                best = min(best, metrics["val_score"])
+                metrics["best_val_score"] = best
+                history.append(metrics)
+            with phases("checkpoint"), tempfile.TemporaryDirectory() as d:
+                write_checkpoint(Path(d), model, stepper, step, metrics, best, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
                                  checkpoint_dir_name=f"checkpoint_{step:08d}")
         else:
-            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_{step:08d}")
-    return {"history": history, "diverged": None, "train_seconds": train_seconds,
-            "worker_seconds": time.perf_counter() - entered, "nodes": nodes}
+            with phases("checkpoint"):
+                ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=f"checkpoint_{step:08d}")
+    return outcome(None)

@@ -20,10 +20,21 @@ from gm.metrics.toy import w1
 from gm.metrics.images import fd
 
 
+VALIDATION_METRICS = ("val_bpd", "val_w1", "val_fd_pixel")
+
+
 def validation_metric(model: GenerativeModel, spec: DataSpec) -> str:
     if model.likelihood is not None:
         return "val_bpd"
     return "val_w1" if spec.kind == "toy" else "val_fd_pixel"
+
+
+def reported_metric(metrics: dict) -> str:
+    """The validation metric a run's reported metrics carry (what `validation_metric` named in the worker)."""
+    for name in VALIDATION_METRICS:
+        if name in metrics:
+            return name
+    raise KeyError(f"no validation metric ({', '.join(VALIDATION_METRICS)}) among the reported metrics")
 
 
 def validation_scores(model: GenerativeModel, spec: DataSpec, val_x: np.ndarray, n: int, seed: int = 0) -> dict:
