@@ -89,8 +89,7 @@ def main(argv=None) -> None:
     data.add_parser("init", help="materialise the bundled digits into data/ (byte for byte)").set_defaults(fn=cmd_data_init)
     sub.add_parser("check", help="validate params.yaml and the data files it names").set_defaults(fn=cmd_check)
     r = sub.add_parser("repro", help="dvc repro with one Ray for all its stages (what `make run` runs)")
-    r.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc repro (targets, -f, ...)")
-    r.set_defaults(fn=cmd_repro)
+    r.set_defaults(fn=cmd_repro)  # every argument after `repro` goes to dvc repro (targets, -f, --keep-going ...)
     s = sub.add_parser("sample", help="draw samples from a registered model")
     s.add_argument("model_uri", help="e.g. models:/gm-wgan_gp-grid25@champion")
     s.add_argument("-n", type=int, default=16)
@@ -98,7 +97,10 @@ def main(argv=None) -> None:
     s.add_argument("--label", type=int, default=None)
     s.add_argument("--out", default="samples.npy")
     s.set_defaults(fn=cmd_sample)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "repro":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.dvc_args = extra
     stage.guarded(lambda: args.fn(args))
 
 

@@ -1,4 +1,4 @@
-"""End to end: one `dvc repro` of a tiny profile in a copy of the repo (a module fixture), then one
+"""End to end: one `gm repro` (dvc repro with one shared Ray, as `make run`) of a tiny profile in a copy of the repo (a module fixture), then one
 test per stage or concern, and the registry read from a fresh process.
 
 The repro runs with --keep-going: a failing stage fails its own test and the tests of the stages
@@ -62,7 +62,7 @@ def repro(tmp_path_factory) -> Repro:
     try:
         run([sys.executable, "-m", "gm.cli", "data", "init"], out.root)
         out.data_status = run(["dvc", "status", "data.dvc"], out.root).stdout
-        r = subprocess.run(["dvc", "repro", "--keep-going"], cwd=out.root, env=env_for(out.root),
+        r = subprocess.run([sys.executable, "-m", "gm.cli", "repro", "--keep-going"], cwd=out.root, env=env_for(out.root),
                            capture_output=True, text=True, timeout=1200)
         if r.returncode != 0:
             out.failure = f"dvc repro failed (exit {r.returncode}):\n{tail(r)}"
