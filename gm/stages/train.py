@@ -7,6 +7,8 @@ Writes artifacts/train/<experiment>/{models/seed-<s>/, metrics.json, history.jso
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import statistics
 from pathlib import Path
@@ -16,7 +18,8 @@ from gm.training.experiment import ExperimentConfig
 from gm.core.files import write_json
 from gm.core.layout import Layout
 from gm.models.base import load_model
-from gm.training.driver import TrainOutcome, check_buildable, fit_many
+from gm.training.driver import (TrainOutcome, check_buildable, clear_run, fit_many, mark_completed,
+                                start_or_resume)
 from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import reported_metric
 from gm.core import timing
@@ -48,12 +51,14 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
             model_dir = outcome.export(dest)
             model = load_model(model_dir)
         metric = reported_metric(outcome.metrics)
+        resumed_from = max([int(h.get("resumed_from_step", 0)) for h in outcome.history] or [0])
         row = {
             "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.metrics["step"]),
+            "resumed_from_step": resumed_from,
             "wall_seconds": outcome.wall_seconds, "train_seconds": outcome.train_seconds,
             "setup_seconds": max(0.0, outcome.wall_seconds - outcome.worker_seconds),  # Ray workers, data, teardown
             "validation_seconds": max(0.0, outcome.worker_seconds - outcome.train_seconds),
-            "steps_per_s": exp.train.steps / outcome.train_seconds if outcome.train_seconds else 0.0,
+            "steps_per_s": (exp.train.steps - resumed_from) / outcome.train_seconds if outcome.train_seconds else 0.0,
         }
         tracking.log_metrics({f"best_{k}": v for k, v in row.items() if k != "seed"})
         with phase("registration"):
@@ -63,8 +68,21 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
     return row
 
 
-def train(name: str, root: Path, resume: bool = False) -> dict:
-    """Train experiment `name` of root/params.yaml (every seed), log it and register its models."""
+def definition(exp: ExperimentConfig, data_dir: Path, root: Path) -> str:
+    """What a run trains: its experiment, the prepared data (meta.json: hashes, splits) and the code (every
+    .py of gm/ and pipelines/), as one digest. An interrupted run resumes only under the same one."""
+    digest = hashlib.sha256(json.dumps(exp.to_dict(), sort_keys=True).encode())
+    digest.update((data_dir / "meta.json").read_bytes())
+    for path in sorted(p for d in ("gm", "pipelines") for p in (root / d).rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def train(name: str, root: Path, fresh: bool = False) -> dict:
+    """Train experiment `name` of root/params.yaml (every seed), log it and register its models.
+
+    A seed's run that an earlier, killed attempt of this stage left unfinished continues from its latest
+    checkpoint when the definition (params, data, code) is the same, unless `fresh`."""
     params = stage.params(root)
     exp = params.experiment(name)
     data_dir = stage.prepared_dir(exp.dataset, root)
@@ -79,8 +97,19 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
     runs = seed_runs(exp)
     with tracking.run(f"train/{name}", tags) as parent:
         tracking.log_params(exp.to_dict())
-        with phase("fits"):
-            outcomes = fit_many(runs, data_dir, storage_path(params.ray, root), resume=resume)
+        storage = storage_path(params.ray, root)
+        defined = definition(exp, data_dir, root)
+        if fresh:
+            for _, run_name in runs:
+                clear_run(storage, run_name)
+        resumed = [start_or_resume(storage, run_name, defined) for _, run_name in runs]
+        tracking.log_params({"resumed_seeds": ",".join(str(e.train.seed) for (e, _), r in zip(runs, resumed) if r)
+                             or "none"})
+        with phase("fits"):  # start_or_resume cleared what must start afresh: Train resumes the rest
+            outcomes = fit_many(runs, data_dir, storage, resume=True)
+        for (_, run_name), o in zip(runs, outcomes):
+            if o.diverged:  # nothing to continue: the next attempt (new learning rates, say) starts afresh
+                mark_completed(storage, run_name)
         for (e, _), o in zip(runs, outcomes):
             timing.PHASES.record_run(f"seed{e.train.seed}", {"fit": o.wall_seconds, **o.phases})
         write_json(out.history, [{"seed": e.train.seed, **h} for (e, _), o in zip(runs, outcomes)
@@ -100,4 +129,6 @@ def train(name: str, root: Path, resume: bool = False) -> dict:
         }
         tracking.log_metrics({k: v for k, v in summary.items() if not isinstance(v, (dict, str))})
         write_json(out.metrics, summary)
+    for _, run_name in runs:
+        mark_completed(storage, run_name)
     return summary

@@ -85,8 +85,12 @@ def shared_ray(params: RayParams):
         yield {}
         return
     init_ray(params)
+    env = {SHARED_RAY_ENV: ray.get_runtime_context().gcs_address}
+    # a new local Ray turns on token authentication for its own process (RAY_AUTH_MODE=token, token in
+    # ~/.ray/auth_token): the processes that join it need the same mode to present the token
+    env.update({k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ})
     try:
-        yield {SHARED_RAY_ENV: ray.get_runtime_context().gcs_address}
+        yield env
     finally:
         ray.shutdown()
 

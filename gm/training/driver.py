@@ -6,6 +6,7 @@ report through `ray.train.report`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -196,6 +197,45 @@ def clear_run(storage: str, name: str) -> None:
         fs.delete_dir(target)
 
 
+RUN_RECORD = "gm-run.json"  # beside Ray's own files in a run folder: what the run trains, and whether it finished
+
+
+def _read_record(storage: str, name: str) -> dict | None:
+    import pyarrow.fs
+
+    fs, root = storage_fs(storage)
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/{name}/{RUN_RECORD}") as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError, ValueError, pyarrow.ArrowException):
+        return None
+
+
+def _write_record(storage: str, name: str, record: dict) -> None:
+    fs, root = storage_fs(storage)
+    folder = f"{root.rstrip('/')}/{name}"
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(f"{folder}/{RUN_RECORD}") as f:
+        f.write(json.dumps(record, sort_keys=True).encode())
+
+
+def start_or_resume(storage: str, name: str, definition: str) -> bool:
+    """True (resume) when storage/name holds an unfinished run of the same `definition` (a stage whose
+    driver was killed); otherwise the folder is cleared, the new definition recorded, and False."""
+    record = _read_record(storage, name)
+    if record is not None and record.get("definition") == definition and not record.get("completed"):
+        return True
+    clear_run(storage, name)
+    _write_record(storage, name, {"definition": definition, "completed": False})
+    return False
+
+
+def mark_completed(storage: str, name: str) -> None:
+    """The run's results were taken (exported, registered): running the stage again trains afresh."""
+    record = _read_record(storage, name) or {}
+    _write_record(storage, name, {**record, "completed": True})
+
+
 def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: bool = False) -> TrainOutcome:
     """Train one experiment under Ray Train; the outcome points at the checkpoint `train.select` picks.
 
@@ -214,14 +254,15 @@ def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: 
 
 
 def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: str,
-             resume: bool = False) -> list[TrainOutcome]:
+             resume: bool | list[bool] = False) -> list[TrainOutcome]:
     """Several Train runs (e.g. seeds) at once: each TorchTrainer.fit() waits in a thread of this
     process (its controller and workers are Ray actors), so as many run side by side as the cluster
-    has room for their workers, at no extra process start per run."""
+    has room for their workers, at no extra process start per run. `resume`: one flag, or one per run."""
     from concurrent.futures import ThreadPoolExecutor
 
+    flags = resume if isinstance(resume, list) else [resume] * len(runs)
     if len(runs) == 1:
-        return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=resume)]
+        return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=flags[0])]
     with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="fit") as pool:
-        futures = [pool.submit(fit, exp, data_dir, storage, name, resume) for exp, name in runs]
+        futures = [pool.submit(fit, exp, data_dir, storage, name, r) for (exp, name), r in zip(runs, flags)]
         return [f.result() for f in futures]
