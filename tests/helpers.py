@@ -79,7 +79,7 @@ def train_steps(model: GenerativeModel, batches: Callable[[], Batch] | Iterable[
 
     `batches`: a function returning a Batch, or an iterable of them. `check(out)` runs on every
     optimizer step's ModelOutput (e.g. the loss decomposition). A non-finite loss raises
-    gm.training.engine.Diverged, as in training."""
+    gm.training.engine.Diverged, as in training (checked after every iteration here)."""
     stepper = _model_space_stepper(model)
     stream = iter(batches, None) if callable(batches) else iter(batches)
     if check is not None:
@@ -92,7 +92,12 @@ def train_steps(model: GenerativeModel, batches: Callable[[], Batch] | Iterable[
 
         model.loss = checked  # an instance attribute: shadows the method until deleted below
     try:
-        return [stepper.iteration(stream, step) for step in range(steps)]
+        logs = []
+        for step in range(steps):
+            entry = stepper.iteration(stream, step)
+            stepper.check_finite()  # the loop reads the device-side record once per segment; here every step
+            logs.append({k: float(v) for k, v in entry.items()})
+        return logs
     finally:
         if check is not None:
             del model.loss
@@ -140,7 +145,7 @@ def tiny_params(**overrides) -> dict:
 
 
 def env_for(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS", "GM_SHARED_RAY"))}
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     env["GM_ROOT"] = str(root)
     return env

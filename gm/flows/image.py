@@ -26,6 +26,7 @@ from torch import nn
 
 from gm.flows.layers import Flow
 from gm.core.dist import world_size
+from gm.nn.precision import fp32, full_precision
 
 __all__ = [
     "ActNorm", "InvConv1x1", "AffineCoupling", "AdditiveCoupling", "Squeeze", "FactorOut", "FlowStack",
@@ -70,6 +71,11 @@ class ActNorm(Flow):
         self.log_scale = nn.Parameter(torch.zeros(num_features))  # (C,)
         self.bias = nn.Parameter(torch.zeros(num_features))  # (C,)
         self.register_buffer("initialized", torch.tensor(False))  # persistent: checkpoints keep the init
+        self._known_initialized = False  # the buffer read once True: no device read per training step
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # read the loaded buffer again
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -85,6 +91,7 @@ class ActNorm(Flow):
         self.log_scale.copy_(log_scale)
         self.bias.copy_(-mean * torch.exp(log_scale))
         self.initialized.fill_(True)
+        self._known_initialized = True
 
     def _log_det(self, x: torch.Tensor) -> torch.Tensor:
         spatial = math.prod(x.shape[2:])  # h·w for images, 1 for vectors
@@ -99,8 +106,11 @@ class ActNorm(Flow):
     def inverse(self, x, context=None, params=None):
         """Density: z = s·x + b (Table 1); initialises on the first training batch."""
         _refuse(self, context, params)
-        if self.training and not bool(self.initialized):
-            self.initialize(x)
+        if self.training and not self._known_initialized:
+            if bool(self.initialized):
+                self._known_initialized = True
+            else:
+                self.initialize(x)
         z = x * torch.exp(_features_view(self.log_scale, x)) + _features_view(self.bias, x)
         return z, self._log_det(x)
 
@@ -154,14 +164,16 @@ class InvConv1x1(Flow):
         return _per_row(x, math.prod(x.shape[2:]) * self.log_s.sum())
 
     def forward(self, z, context=None, params=None):
-        """Sampling: x_ij = W⁻¹ z_ij."""
+        """Sampling: x_ij = W⁻¹ z_ij (fp32, autocast off: a bijection whose log-det is exact)."""
         _refuse(self, context, params)
-        return torch.einsum("ij,bj...->bi...", self.inverse_weight(), z), -self._log_det(z)
+        with full_precision(z.device):
+            return torch.einsum("ij,bj...->bi...", self.inverse_weight(), fp32(z)), -self._log_det(z)
 
     def inverse(self, x, context=None, params=None):
-        """Density: z_ij = W x_ij."""
+        """Density: z_ij = W x_ij (fp32, autocast off)."""
         _refuse(self, context, params)
-        return torch.einsum("ij,bj...->bi...", self.weight(), x), self._log_det(x)
+        with full_precision(x.device):
+            return torch.einsum("ij,bj...->bi...", self.weight(), fp32(x)), self._log_det(x)
 
 
 # --------------------------------------------------------------------------- couplings
@@ -225,7 +237,7 @@ class AffineCoupling(_MaskedCoupling):
         self.scale, self.bound = scale, bound
 
     def _log_scale_shift(self, x_pass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw, t = self.net(x_pass).chunk(2, dim=1)  # (B, C, ...) each
+        raw, t = fp32(self.net(x_pass)).chunk(2, dim=1)  # (B, C, ...) each; fp32 under autocast
         log_s = F.logsigmoid(raw + 2.0) if self.scale == "sigmoid" else self.bound * torch.tanh(raw)
         free = 1 - self.mask
         return free * log_s, free * t
@@ -249,11 +261,11 @@ class AdditiveCoupling(_MaskedCoupling):
 
     def forward(self, z, context=None, params=None):
         _refuse(self, context, params)
-        return z - (1 - self.mask) * self.net(z * self.mask), z.new_zeros(z.shape[0])
+        return z - (1 - self.mask) * fp32(self.net(z * self.mask)), z.new_zeros(z.shape[0])
 
     def inverse(self, x, context=None, params=None):
         _refuse(self, context, params)
-        return x + (1 - self.mask) * self.net(x * self.mask), x.new_zeros(x.shape[0])
+        return x + (1 - self.mask) * fp32(self.net(x * self.mask)), x.new_zeros(x.shape[0])
 
 
 # --------------------------------------------------------------------------- squeeze, factor-out
@@ -303,7 +315,7 @@ class FactorOut(Flow):
         if self.prior is None:
             zero = h.new_zeros(h.shape[0], self.out, *h.shape[2:])
             return zero, zero
-        mean, log_std = self.prior(h).chunk(2, dim=1)  # (B, C//2, H, W) each
+        mean, log_std = fp32(self.prior(h)).chunk(2, dim=1)  # (B, C//2, H, W) each; fp32 under autocast
         return mean, log_std
 
     def forward(self, z, context=None, params=None):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gm.nn.mlp import Activation, make_activation
+from gm.nn.precision import fp32
 
 __all__ = [
     "Flow", "FlowSequence", "PlanarFlow", "RadialFlow", "MaskedLinear", "MADE", "IAFLayer", "MAFLayer",
@@ -90,7 +91,7 @@ class PlanarFlow(Flow):
                 raise ValueError(f"an amortised PlanarFlow needs params (..., {2 * self.dim + 1})")
             u, w, b = self.u, self.w, self.b
         else:
-            u, w, b = params.split([self.dim, self.dim, 1], dim=-1)
+            u, w, b = fp32(params).split([self.dim, self.dim, 1], dim=-1)  # fp32 under autocast
         wu = (w * u).sum(-1, keepdim=True)  # (..., 1)
         w_sq = w.pow(2).sum(-1, keepdim=True).clamp_min(1e-12)
         u_hat = u + (F.softplus(wu) - 1 - wu) * w / w_sq  # wᵀû = softplus(wᵀu) - 1 > -1
@@ -153,7 +154,7 @@ class RadialFlow(Flow):
                 raise ValueError(f"an amortised RadialFlow needs params (..., {self.dim + 2})")
             z0, a_raw, b_raw = self.z0, self.alpha_raw, self.beta_raw
         else:
-            z0, a_raw, b_raw = params.split([self.dim, 1, 1], dim=-1)
+            z0, a_raw, b_raw = fp32(params).split([self.dim, 1, 1], dim=-1)  # fp32 under autocast
         alpha = F.softplus(a_raw)
         return z0, alpha, F.softplus(b_raw) - alpha
 
@@ -260,7 +261,7 @@ class IAFLayer(Flow):
     def forward(self, z, context=None, params=None):
         if params is not None:
             raise ValueError("IAFLayer is not amortised through params; condition it with a context")
-        m, s = self.made(z, context)  # (..., D) each
+        m, s = (fp32(t) for t in self.made(z, context))  # (..., D) each; fp32 under autocast
         sigma = torch.sigmoid(s)
         return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)
 
@@ -296,7 +297,7 @@ class MAFLayer(Flow):
         self.made.zero_output_()
 
     def shift_log_scale(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, raw = self.made(x, context)
+        mu, raw = (fp32(t) for t in self.made(x, context))  # fp32 under autocast
         return mu, self.bound * torch.tanh(raw / self.bound)
 
     def forward(self, u, context=None, params=None):

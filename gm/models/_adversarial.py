@@ -39,6 +39,7 @@ from gm.nn.mlp import (
     one_hot_labels,
 )
 from gm.core.numerics import rand, randn
+from gm.nn.precision import fp32, full_precision
 
 # Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
 MBD_KERNEL_DIM = 5
@@ -101,10 +102,13 @@ def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch
     if eps is None:
         eps = rand((g,), device=real.device)
     eps = eps.to(real).repeat_interleave(pack).view(b, *([1] * (real.dim() - 1)))  # broadcast over features
-    x_hat = (eps * real + (1 - eps) * fake).detach().requires_grad_(True)  # (B, ...)
-    out = critic(x_hat)  # (B, 1)
-    # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
-    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)  # (B, ...)
+    # An fp32 island under autocast: the interpolates, the critic on them (autocast off, so its
+    # gradient and that gradient's own backward are fp32 too), the gradient and its norm.
+    x_hat = (eps * fp32(real) + (1 - eps) * fp32(fake)).detach().requires_grad_(True)  # (B, ...)
+    with full_precision(x_hat.device):
+        out = fp32(critic(x_hat))  # (B, 1)
+        # create_graph: the penalty is itself minimised, so its gradient must be differentiable.
+        (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)  # (B, ...)
     # The tiny constant keeps the sqrt differentiable where a gradient is exactly zero.
     norms = torch.sqrt(grad.reshape(g, -1).pow(2).sum(1) + 1e-12)  # (G,)
     return ((norms - 1) ** 2).mean(), norms.detach()
@@ -254,7 +258,8 @@ class AdversarialModel(GenerativeModel):
             x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
         if m > 1:
             x = x.reshape(b // m, m * x.shape[1], *x.shape[2:])  # (G, m·(D + K)) or (G, m·(C + K), H, W)
-        return self.critic(x)
+        out, features = self.critic(x)
+        return fp32(out), fp32(features)  # the losses on them in fp32 under autocast
 
     def real_target(self) -> float:
         """The target of real samples: 1 - s under one-sided label smoothing (Salimans et al. 2016, §3.4)."""
@@ -296,7 +301,7 @@ class AdversarialModel(GenerativeModel):
             with torch.no_grad():  # the critic's step must not reach into G
                 fake = self.generate(b, y)
             loss, logs = self.critic_objective(real, fake, y)
-            logs = {"critic_loss": loss.item(), **logs}
+            logs = {"critic_loss": loss.detach(), **logs}
         elif group == "gen":
             fake = self.generate(b, y)
             if self.config.feature_matching:
@@ -304,16 +309,16 @@ class AdversarialModel(GenerativeModel):
                     _, real_features = self.critic_forward(real, y)
                 _, fake_features = self.critic_forward(fake, y)
                 loss = feature_matching_loss(real_features, fake_features)
-                logs = {"feature_matching": loss.item()}
+                logs = {"feature_matching": loss.detach()}
             else:
                 loss, logs = self.generator_objective(fake, y, real)
-            logs = {"gen_loss": loss.item(), **logs}
+            logs = {"gen_loss": loss.detach(), **logs}
         else:
             raise KeyError(f"{type(self).__name__} has step groups 'critic' and 'gen', got {group!r}")
         if self.config.historical_averaging > 0:
             penalty = self.historical_penalty(group)
             loss = loss + self.config.historical_averaging * penalty
-            logs[f"historical_penalty_{group}"] = penalty.item()  # per group: the loop merges both logs
+            logs[f"historical_penalty_{group}"] = penalty.detach()  # per group: the loop merges both logs
         return ModelOutput(loss, logs)
 
     def after_step(self, group: str) -> None:

@@ -29,6 +29,7 @@ from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, St
 from gm.nn.mlp import check_unconditional, clamp_to_model_space
 from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import levels_of
+from gm.nn.precision import fp32
 
 
 def resolve_arch(arch: str, data: DataSpec, halvings: int, field: str) -> str:
@@ -74,7 +75,7 @@ class FlowDensityModel(GenerativeModel):
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p_Z(z) summed over D: (B, D) -> (B,)."""
-        return normal_log_prob(z).sum(-1)
+        return normal_log_prob(fp32(z)).sum(-1)
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return randn((n, self.data.dim), generator, self.device)  # (n, D)
@@ -82,7 +83,7 @@ class FlowDensityModel(GenerativeModel):
     def flow_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """The flow's density log p(x) = log p_Z(z) + log|det ∂z/∂x|, nats; (B, *shape) -> (B,)."""
         z, logdet = self.forward_and_logdet(x)
-        return self.prior_log_prob(z) + logdet
+        return self.prior_log_prob(fp32(z)) + fp32(logdet)  # fp32 under autocast
 
     # -- variational dequantization -------------------------------------------------------
     def dequantized_terms(self, x: torch.Tensor, k: int,
@@ -128,10 +129,11 @@ class FlowDensityModel(GenerativeModel):
         if self.dequantizer is not None:
             log_p, log_q = self.dequantized_terms(batch.x, 1)  # (1, B) each: -L_1 is the negative ELBO
             nll = -(log_p - log_q).mean()
-            return ModelOutput(nll, {"nll": nll.item(), "log_q": log_q.mean().item()})
+            return ModelOutput(nll, {"nll": nll.detach(), "log_q": log_q.mean().detach()})
         z, logdet = self.forward_and_logdet(batch.x)
+        z, logdet = fp32(z), fp32(logdet)  # the likelihood in fp32 under autocast
         nll = -(self.prior_log_prob(z) + logdet).mean()
-        return ModelOutput(nll, {"nll": nll.item(), "logdet": logdet.mean().item()})
+        return ModelOutput(nll, {"nll": nll.detach(), "logdet": logdet.mean().detach()})
 
     def finish_samples(self, x: torch.Tensor) -> torch.Tensor:
         """Samples in data shape -> model space (discrete data clamped into [-1, 1))."""

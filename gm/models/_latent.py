@@ -26,6 +26,7 @@ from gm.models.base import Capabilities, GenerativeModel, ModelOutput
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp
 from gm.core.numerics import normal_log_prob, randn
 from gm.nn.observation import ObservationName, make_observation
+from gm.nn.precision import fp32
 
 # Elements per tensor in one IWAE chunk (samples × rows × width): ~16 MB in float32.
 IWAE_CHUNK_ELEMENTS = 1 << 22
@@ -41,8 +42,8 @@ def log_mean_exp_draws(log_weights, k: int, rows: int, width: int, device,
         raise ValueError(f"k must be >= 1, got {k}")
     chunk = max(1, min(k, IWAE_CHUNK_ELEMENTS // max(1, rows * width)))
     total = torch.full((rows,), -math.inf, dtype=dtype, device=device)
-    for start in range(0, k, chunk):
-        total = torch.logaddexp(total, torch.logsumexp(log_weights(min(chunk, k - start)), dim=0))
+    for start in range(0, k, chunk):  # fp32 (or wider) under autocast: an fp32 island
+        total = torch.logaddexp(total, torch.logsumexp(fp32(log_weights(min(chunk, k - start))), dim=0))
     return total - math.log(k)
 
 
@@ -61,7 +62,9 @@ class LatentConfig:
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Elementwise KL(N(μ, exp(logvar)) ‖ N(0, 1)) in nats (Kingma & Welling 2014, App. B)."""
+    """Elementwise KL(N(μ, exp(logvar)) ‖ N(0, 1)) in nats (Kingma & Welling 2014, App. B); fp32
+    under autocast."""
+    mu, logvar = fp32(mu), fp32(logvar)
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
@@ -69,8 +72,10 @@ def gaussian_posterior_sample(mu: torch.Tensor, logvar: torch.Tensor, k: int | N
                               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Reparameterised z = μ + σ ε and log N(z; μ, σ²) summed over Z.
 
-    mu, logvar (B, Z); k None gives z (B, Z) and log q (B,), else (k, B, Z) and (k, B).
+    mu, logvar (B, Z); k None gives z (B, Z) and log q (B,), else (k, B, Z) and (k, B). In fp32
+    under autocast (the code and its density are likelihood terms).
     """
+    mu, logvar = fp32(mu), fp32(logvar)
     shape = mu.shape if k is None else (k, *mu.shape)
     eps = randn(shape, generator, mu.device)
     z = mu + torch.exp(0.5 * logvar) * eps
@@ -100,7 +105,7 @@ class LatentVariableModel(GenerativeModel):
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log p(z) summed over Z: (..., Z) -> (...)."""
-        return normal_log_prob(z).sum(-1)
+        return normal_log_prob(fp32(z)).sum(-1)
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return randn((n, self.config.z_dim), generator, self.device)  # (n, Z)
@@ -111,9 +116,9 @@ class LatentVariableModel(GenerativeModel):
     def beta_elbo_output(self, recon: torch.Tensor, kl: torch.Tensor, **extra: float) -> ModelOutput:
         """The β-weighted loss recon + β·KL of batch means, logged with the β = 1 ELBO (whatever β trains)."""
         loss = recon + self.config.beta * kl
-        logs = {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(), "elbo": -(recon + kl).item(), **extra}
+        logs = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(), **extra}
         if hasattr(self.obs, "log_std"):
-            logs["decoder_log_std"] = self.obs.floored_log_std().mean().item()
+            logs["decoder_log_std"] = self.obs.floored_log_std().mean().detach()
         return ModelOutput(loss, logs)
 
     # -- the contract -------------------------------------------------------------------------

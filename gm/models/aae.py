@@ -32,6 +32,7 @@ from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, ga
 from gm.models.base import Batch, Capabilities, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss, generator_loss
 from gm.nn.mlp import check_unconditional, label_count, mlp, one_hot_labels
+from gm.nn.precision import fp32
 from gm.core.numerics import randn
 from gm.core.registry import register_family
 
@@ -112,7 +113,7 @@ class AAE(LatentVariableModel):
 
     def discriminate(self, z: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, 1) of "z is a prior sample" for codes (B, Z) (with their labels when conditional)."""
-        return self.disc(z if onehot is None else torch.cat([z, onehot], dim=1))  # (B, Z + K) in
+        return fp32(self.disc(z if onehot is None else torch.cat([z, onehot], dim=1)))  # (B, Z + K) in; fp32 out
 
     def prior_sample(self, n: int, generator: torch.Generator | None = None,
                      y: torch.Tensor | None = None) -> torch.Tensor:

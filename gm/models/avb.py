@@ -36,6 +36,7 @@ from gm.models._latent import LatentConfig, LatentVariableModel, encoder_net, ga
 from gm.models.base import Batch, ModelOutput, StepGroup
 from gm.models.gan import discriminator_loss
 from gm.nn.mlp import mlp
+from gm.nn.precision import fp32
 from gm.core.numerics import randn
 from gm.core.registry import register_family
 
@@ -98,7 +99,7 @@ class AVB(LatentVariableModel):
     def ratio(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """T(x, z) for x (B, *shape) and z (..., B, Z): (..., B)."""
         xf = x.flatten(1).expand(*z.shape[:-1], -1)  # (..., B, D)
-        return self.disc(torch.cat([xf, z], dim=-1)).squeeze(-1)
+        return fp32(self.disc(torch.cat([xf, z], dim=-1))).squeeze(-1)  # fp32 under autocast
 
     def normalised_samples(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Adaptive contrast's pieces: z (m, B, Z) ~ q(z|x), μ(x), σ²(x) (B, Z) from them, z̃ = (z - μ) / σ."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -15,10 +15,26 @@ from gm.data.dataspec import DataSpec
 from gm.core.registry import FAMILIES
 
 
-@dataclass
 class ModelOutput:
-    loss: torch.Tensor  # scalar to minimise for the group
-    logs: dict[str, float] = field(default_factory=dict)
+    """A group's loss and what to log about it.
+
+    `loss`: the scalar to minimise. The logs are given as floats or 0-d tensors (detached here):
+    a family logs tensors, so the training step never waits for the device to read a number.
+    `values` holds them as given (what the step engine accumulates on the device); `logs`
+    reads them as floats (one device read per tensor: for tests and one-off calls).
+    """
+
+    def __init__(self, loss: torch.Tensor, logs: dict[str, float | torch.Tensor] | None = None):
+        self.loss = loss
+        self.values: dict[str, float | torch.Tensor] = {
+            k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in (logs or {}).items()}
+
+    @property
+    def logs(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.values.items()}
+
+    def __repr__(self) -> str:
+        return f"ModelOutput(loss={self.loss!r}, logs={self.values!r})"
 
 
 @dataclass

@@ -78,9 +78,9 @@ class CramerGAN(AdversarialModel):
         gp, norms = gradient_penalty(lambda x: cramer_critic(self.h(x, y), h_ref), real, fake,
                                      pack=self.config.pack)
         loss = -surrogate + self.config.gp_weight * gp
-        return loss, {"surrogate": surrogate.item(), "gp": gp.item(), "grad_norm": norms.mean().item()}
+        return loss, {"surrogate": surrogate.detach(), "gp": gp.detach(), "grad_norm": norms.mean()}
 
     def generator_objective(self, fake, y, real):
         fake2 = self.generate(real.shape[0], y)  # x_g', with gradients too
         energy = generator_energy(self.h(real, y), self.h(fake, y), self.h(fake2, y))
-        return energy, {"energy": energy.item()}
+        return energy, {"energy": energy.detach()}

@@ -186,9 +186,9 @@ class FGAN(AdversarialModel):
         v_fake, _ = self.critic_forward(fake, y)  # (B, 1)
         estimate = variational_objective(self.divergence, v_real, v_fake)  # F: a lower bound on D_f(P‖Q)
         return -estimate, {
-            "divergence": estimate.item(),
-            "t_real": self.divergence.activation(v_real).mean().item(),
-            "t_fake": self.divergence.activation(v_fake).mean().item(),
+            "divergence": estimate.detach(),
+            "t_real": self.divergence.activation(v_real).mean().detach(),
+            "t_fake": self.divergence.activation(v_fake).mean().detach(),
         }
 
     def generator_objective(self, fake: Tensor, y: Tensor | None, real: Tensor) -> tuple[Tensor, dict[str, float]]:

@@ -61,10 +61,10 @@ class GAN(AdversarialModel):
         real_logits, _ = self.critic_forward(real, y)  # (B, 1)
         fake_logits, _ = self.critic_forward(fake, y)  # (B, 1)
         loss = discriminator_loss(real_logits, fake_logits, self.real_target())
-        return loss, {"d_real": torch.sigmoid(real_logits).mean().item(),
-                      "d_fake": torch.sigmoid(fake_logits).mean().item()}
+        return loss, {"d_real": torch.sigmoid(real_logits).mean().detach(),
+                      "d_fake": torch.sigmoid(fake_logits).mean().detach()}
 
     def generator_objective(self, fake, y, real):
         fake_logits, _ = self.critic_forward(fake, y)  # (B, 1)
         loss = generator_loss(fake_logits, self.config.loss)
-        return loss, {"d_gen": torch.sigmoid(fake_logits).mean().item()}
+        return loss, {"d_gen": torch.sigmoid(fake_logits).mean().detach()}

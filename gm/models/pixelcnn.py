@@ -48,6 +48,7 @@ from gm.flows import MADE
 from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
 from gm.nn.mlp import check_unconditional, label_count
 from gm.core.numerics import categorical, normal_log_prob, randn
+from gm.nn.precision import fp32
 from gm.nn.observation import bin_centres, levels_of
 from gm.nn.pixelcnn import PixelCNN
 from gm.core.registry import register_family
@@ -102,8 +103,8 @@ class MADEMixture(nn.Module):
 
     def coordinate_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x_d | x_<d) for every coordinate: (B, D) -> (B, D)."""
-        logit_pi, mean, log_std = self.params(x, labels)
-        log_n = normal_log_prob(x.unsqueeze(-1), mean, log_std)  # (B, D, K)
+        logit_pi, mean, log_std = (fp32(t) for t in self.params(x, labels))  # fp32 under autocast
+        log_n = normal_log_prob(fp32(x).unsqueeze(-1), mean, log_std)  # (B, D, K)
         return torch.logsumexp(F.log_softmax(logit_pi, -1) + log_n, dim=-1)
 
     def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -158,7 +159,7 @@ class ChannelGrid(nn.Module):
     def pixel_log_mass(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log P(v_i | v_<i) of every pixel (all its channels), x (B, C, H, W) model space -> (B, H, W)."""
         v = levels_of(x, self.data)  # (B, C, H, W)
-        logp = F.log_softmax(self.level_logits(self.symbols(v), labels), dim=-1)  # (B, C, H, W, L)
+        logp = F.log_softmax(fp32(self.level_logits(self.symbols(v), labels)), dim=-1)  # (B, C, H, W, L); fp32
         return logp.gather(-1, v.unsqueeze(-1)).squeeze(-1).sum(1)
 
     def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,8 +238,8 @@ class AutoregressiveModel(GenerativeModel):
         labels = self._check_condition(batch.y, batch.x.shape[0]) if self.n_classes else None
         nll = -self.body.log_prob(batch.x, labels).mean()
         # Data space: log p_data = log p_model + log_det_to_model, i.e. log P(v) for discrete data.
-        bits = bits_per_dim(nll.item() - self.data.log_det_to_model, self.data.dim)
-        return ModelOutput(nll, {"nll": nll.item(), "bits_per_dim": bits})
+        bits = bits_per_dim(nll.detach() - self.data.log_det_to_model, self.data.dim)
+        return ModelOutput(nll, {"nll": nll.detach(), "bits_per_dim": bits})
 
     @contextlib.contextmanager
     def _eval_mode(self):

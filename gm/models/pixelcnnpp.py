@@ -39,6 +39,7 @@ from gm.data.dataspec import DataSpec
 from gm.models.pixelcnn import AutoregressiveModel
 from gm.nn.gated_pixelcnn import PixelCNNPP
 from gm.core.numerics import categorical
+from gm.nn.precision import fp32
 from gm.nn.observation import (bin_centres, discretized_logistic_mixture_log_prob, levels_of,
                                sample_discretized_logistic_mixture)
 from gm.core.registry import register_family
@@ -107,7 +108,7 @@ class LogisticMixturePixels(nn.Module):
             per_component.append(discretized_logistic_mixture_log_prob(
                 vk, torch.zeros_like(m).unsqueeze(-1), m.unsqueeze(-1), log_scale[:, ch].unsqueeze(-1), self.data))
         joint = torch.stack(per_component).sum(0)  # (B, H, W, K): Σ_c log p(x_c | k, x_<c)
-        return torch.logsumexp(F.log_softmax(logit_pi, -1) + joint, dim=-1)
+        return torch.logsumexp(F.log_softmax(fp32(logit_pi), -1) + joint, dim=-1)  # fp32 under autocast
 
     def log_prob(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Model-space density log P(v) + D·log(scale): (B, C, H, W) -> (B,)."""

@@ -31,7 +31,7 @@ class WGAN(AdversarialModel):
         d_real = self.critic_forward(real, y)[0].mean()
         d_fake = self.critic_forward(fake, y)[0].mean()
         wasserstein = d_real - d_fake  # the critic's estimate of W(P_r, P_g), up to the Lipschitz constant
-        return -wasserstein, {"wasserstein": wasserstein.item()}
+        return -wasserstein, {"wasserstein": wasserstein.detach()}
 
     def generator_objective(self, fake, y, real):
         return -self.critic_forward(fake, y)[0].mean(), {}

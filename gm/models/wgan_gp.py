@@ -35,7 +35,7 @@ class WGANGP(AdversarialModel):
         gp, norms = gradient_penalty(lambda x: self.critic_forward(x, y)[0], real, fake, pack=self.config.pack)
         wasserstein = d_real - d_fake  # the critic's estimate of W(P_r, P_g)
         loss = -wasserstein + self.config.gp_weight * gp
-        return loss, {"wasserstein": wasserstein.item(), "gp": gp.item(), "grad_norm": norms.mean().item()}
+        return loss, {"wasserstein": wasserstein.detach(), "gp": gp.detach(), "grad_norm": norms.mean()}
 
     def generator_objective(self, fake, y, real):
         return -self.critic_forward(fake, y)[0].mean(), {}

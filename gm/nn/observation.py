@@ -1,7 +1,8 @@
 """Observation models p(x | params): the likelihood heads of decoders (and of autoregressive nets).
 
 Every head scores model-space vectors x (B, D) (see `DataSpec`) and returns a density in
-model space, so the evaluation's one conversion (add `DataSpec.log_det_to_model`) gives
+model space, in fp32 whatever the autocast dtype of the network's params (an fp32 island,
+`gm.nn.precision`), so the evaluation's one conversion (add `DataSpec.log_det_to_model`) gives
 honest numbers for every head:
 
 - gaussian: a continuous density, mean from the network, a learned per-dimension log σ.
@@ -24,6 +25,7 @@ from torch import nn
 from gm.core.config import ConfigError
 from gm.data.dataspec import DataSpec
 from gm.core.numerics import categorical, normal_log_prob, rand, randn
+from gm.nn.precision import fp32
 
 ObservationName = Literal["gaussian", "bernoulli", "categorical", "logistic"]
 
@@ -48,6 +50,7 @@ def discretized_logistic_mixture_log_prob(v: torch.Tensor, logit_pi: torch.Tenso
     and highest levels take the tails (-inf and +inf), so P sums to 1 over the levels
     (PixelCNN++, Salimans et al. 2017, Eq. 2). Returns (...,) in nats.
     """
+    logit_pi, mean, log_scale = fp32(logit_pi), fp32(mean), fp32(log_scale)  # an fp32 island under autocast
     c = bin_centres(v, data).unsqueeze(-1)  # (..., 1)
     h = 0.5 / data.scale
     inv_s = torch.exp(-log_scale)  # (..., K)
@@ -131,7 +134,7 @@ class GaussianObservation(Observation):
             self.log_std.clamp_(min=self.min_log_std)
 
     def log_prob(self, params, x):
-        return normal_log_prob(x, params, self.floored_log_std()).sum(-1)
+        return normal_log_prob(fp32(x), fp32(params), self.floored_log_std()).sum(-1)
 
     def sample(self, params, generator=None):
         return params + self.floored_log_std().exp() * randn(params.shape, generator, params.device)
@@ -149,6 +152,7 @@ class BernoulliObservation(Observation):
             raise ConfigError(f"decoder: 'bernoulli' needs binary data (levels = 2), got levels = {data.levels}")
 
     def log_prob(self, params, x):
+        params = fp32(params)
         v = levels_of(x, self.data).to(params.dtype)  # (B, D) in {0, 1}
         return self._discrete_density(-F.binary_cross_entropy_with_logits(params, v.expand_as(params),
                                                                           reduction="none"))
@@ -172,7 +176,7 @@ class CategoricalObservation(Observation):
         self.params_per_dim = data.levels
 
     def log_prob(self, params, x):
-        logits = self.split(params)  # (..., B, D, L)
+        logits = self.split(fp32(params))  # (..., B, D, L)
         v = levels_of(x, self.data).expand(logits.shape[:-1])  # (..., B, D)
         return self._discrete_density(F.log_softmax(logits, -1).gather(-1, v.unsqueeze(-1)).squeeze(-1))
 
@@ -200,7 +204,7 @@ class LogisticObservation(Observation):
         return logit_pi, mean, log_scale.clamp(min=-7.0)
 
     def log_prob(self, params, x):
-        logit_pi, mean, log_scale = self._parts(params)
+        logit_pi, mean, log_scale = self._parts(fp32(params))
         v = levels_of(x, self.data).expand(mean.shape[:-1])
         return self._discrete_density(discretized_logistic_mixture_log_prob(v, logit_pi, mean, log_scale, self.data))
 

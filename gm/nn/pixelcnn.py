@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gm.core.numerics import categorical
+from gm.nn.precision import fp32
 
 MaskType = Literal["A", "B"]
 
@@ -157,7 +158,7 @@ class PixelCNN(nn.Module):
 
     def log_prob(self, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """log p(s | y) = Σ_i log p(s_i | s_<i, y) in nats; (B, H, W) int64 -> (B,)."""
-        logp = F.log_softmax(self(s, labels), dim=1)  # (B, K, H, W)
+        logp = F.log_softmax(fp32(self(s, labels)), dim=1)  # (B, K, H, W); fp32 under autocast
         return logp.gather(1, s.long().unsqueeze(1)).squeeze(1).sum((1, 2))
 
     @torch.no_grad()
