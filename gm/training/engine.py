@@ -45,10 +45,15 @@ terms or a log-density in bfloat16 (8 significant bits) loses the likelihood's d
   `FactorOut`; `gm.flows.layers` MAF/IAF layers and amortised planar/radial parameters), and the
   invertible 1×1 convolution as a whole (`InvConv1x1`: its weight from the LU factors and its
   product, autocast off), so the data path of a flow stays fp32 between conditioner networks;
-- adversarial models (`gm.models._adversarial`): the critic's output (so the Wasserstein estimate,
-  the GAN losses and the f-divergence terms are fp32) and the gradient penalty (the interpolates, the
-  gradient and its norm).
-The networks' matmuls and convolutions (the bulk of the work) run in bfloat16.
+- adversarial models (`gm.models._adversarial`): the critic's output and features (so the
+  Wasserstein estimate, the GAN losses, feature matching and the f-divergence terms are fp32), and
+  the gradient penalty as a whole (WGAN-GP, Cramér GAN: the interpolates, the critic on them with
+  autocast off, its input gradient, that gradient's own backward and its norm: a penalty on the
+  gradient of a bfloat16 critic was off by 1e-2 relative); the AAE's and AVB's discriminator logits.
+The networks' matmuls and convolutions (the bulk of the work) run in bfloat16. Logs that families
+still read with .item() inside `loss` (AAE, AVB, WAE, CatVAE, VQ-VAE; VQ-VAE also reads its
+codebook and step buffers) and an annealed instance noise (it reads the critic's step count) still
+sync the host per step on those families.
 
 Compilation (`compile=True`): each group's loss computation (`model.loss` under the autocast) is
 `torch.compile`d; backward and the optimizer step stay eager. `Stepper.graph_breaks` is the number of
