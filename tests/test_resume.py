@@ -1,0 +1,92 @@
+"""A train stage killed mid-run continues from its runs' latest checkpoints when it runs again with the
+same definition; a changed definition, a finished run or --fresh starts from step 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gm.core.layout import Layout
+from gm.training.driver import RUN_RECORD, mark_completed, start_or_resume
+from tests.helpers import env_for, tiny_params, write_params
+
+
+def test_start_or_resume_follows_the_definition_and_completion(tmp_path):
+    storage, name = str(tmp_path), "train-x-seed0"
+    assert start_or_resume(storage, name, "a") is False  # nothing there: a fresh run, recorded
+    (tmp_path / name / "checkpoint_00000100").mkdir()
+    assert start_or_resume(storage, name, "a") is True  # same definition, unfinished: resume, files kept
+    assert (tmp_path / name / "checkpoint_00000100").is_dir()
+    assert start_or_resume(storage, name, "b") is False  # changed definition: cleared, recorded afresh
+    assert not (tmp_path / name / "checkpoint_00000100").exists()
+    assert json.loads((tmp_path / name / RUN_RECORD).read_text()) == {"definition": "b", "completed": False}
+    mark_completed(storage, name)
+    assert start_or_resume(storage, name, "b") is False  # finished: running the stage again trains afresh
+
+
+def test_the_definition_changes_with_params_data_and_code(tmp_repo, prepared):
+    from gm.params import parse_params
+    from gm.stages.train import definition
+
+    params = parse_params(tiny_params())
+    exp = params.experiment("wgan_gp-ring8")
+    data_dir = Layout(prepared).prepared("ring8")
+    base = definition(exp, data_dir, tmp_repo)
+    assert definition(exp, data_dir, tmp_repo) == base
+    other = parse_params(tiny_params(train={**tiny_params()["train"], "steps": 90})).experiment("wgan_gp-ring8")
+    assert definition(other, data_dir, tmp_repo) != base
+    assert definition(exp, Layout(prepared).prepared("digits"), tmp_repo) != base
+    (tmp_repo / "gm" / "models" / "gan.py").write_text((tmp_repo / "gm" / "models" / "gan.py").read_text() + "\n# edit\n")
+    assert definition(exp, data_dir, tmp_repo) != base
+
+
+def checkpoints(run: Path) -> list[Path]:
+    return sorted(p for p in run.glob("checkpoint_*") if p.is_dir()) if run.is_dir() else []
+
+
+@pytest.mark.integration
+def test_a_killed_train_stage_continues_from_its_latest_checkpoint(tmp_repo):
+    from gm.data.bootstrap import materialise_default_data  # noqa: F401  (ring8 is generated)
+    from gm.params import parse_params
+    from gm.stages.prepare import prepare
+
+    raw = tiny_params(experiments={"gan-ring8": {
+        "family": "gan", "dataset": "ring8", "model": {"z_dim": 2, "hidden": 32, "depth": 2},
+        "train": {"steps": 1500, "eval_every": 50, "seeds": 1}}})
+    raw["data"]["datasets"] = {"ring8": raw["data"]["datasets"]["ring8"]}
+    raw["tune"] = {"sweeps": {}}
+    write_params(tmp_repo, raw)
+    params = parse_params(raw, tmp_repo / "params.yaml")
+    prepare("ring8", params.datasets["ring8"], tmp_repo, Layout(tmp_repo).prepared_root, params.data_seed,
+            params.val_fraction, params.test_fraction)
+    cmd = [sys.executable, "-m", "pipelines.train", "gan-ring8"]
+    run = tmp_repo / "artifacts" / "ray" / "train-gan-ring8-seed0"
+    proc = subprocess.Popen(cmd, cwd=tmp_repo, env=env_for(tmp_repo), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(checkpoints(run)) < 2:  # a couple of checkpoints in, well before the last step
+            assert proc.poll() is None, "the stage ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+        proc.wait()
+    latest = int(checkpoints(run)[-1].name.split("_")[1])
+    assert 50 <= latest < 1500
+
+    r = subprocess.run(cmd, cwd=tmp_repo, env=env_for(tmp_repo), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = Layout(tmp_repo).train("gan-ring8")
+    seed = json.loads(out.metrics.read_text())["per_seed"]["0"]
+    assert seed["resumed_from_step"] >= latest  # not step 0: at least where the killed attempt had got to
+    steps = [h["step"] for h in json.loads(out.history.read_text())]
+    assert steps == list(range(50, 1501, 50))  # one curve: the killed attempt's part came with the checkpoint
+    assert json.loads((run / RUN_RECORD).read_text())["completed"] is True
