@@ -116,7 +116,8 @@ class LatentVariableModel(GenerativeModel):
     def beta_elbo_output(self, recon: torch.Tensor, kl: torch.Tensor, **extra: float) -> ModelOutput:
         """The β-weighted loss recon + β·KL of batch means, logged with the β = 1 ELBO (whatever β trains)."""
         loss = recon + self.config.beta * kl
-        logs = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(), **extra}
+        logs = {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(), "elbo": -(recon + kl).detach(),
+                **extra}
         if hasattr(self.obs, "log_std"):
             logs["decoder_log_std"] = self.obs.floored_log_std().mean().detach()
         return ModelOutput(loss, logs)
