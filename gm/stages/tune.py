@@ -20,7 +20,9 @@ from gm.core.layout import Layout
 from gm.models.base import load_model
 from gm.training.driver import check_buildable, export_selected
 from gm.training.cluster import init_ray, storage_path
-from gm.training.validate import validation_metric
+from gm.training.validate import reported_metric
+from gm.core import timing
+from gm.core.timing import phase
 from tune.driver import METRIC, run_sweep, trial_id
 from tune.sweep import apply_overrides, check_pbt_space
 
@@ -39,6 +41,8 @@ def trial_rows(grid) -> list[dict]:
             "best_val_score": float(scores.min()) if len(scores) else math.inf,
             "last_step": int(df["step"].max()) if df is not None and "step" in df else 0,
             "reports": int(len(df)) if df is not None else 0,
+            # the trial's optimizer steps (its last Train segment's: a PBT restart counts from its checkpoint)
+            "train_seconds": float(df["train_seconds"].max()) if df is not None and "train_seconds" in df else 0.0,
             "status": "error" if r.error is not None else "ok",
             "error": failure_reason(r.error) if r.error is not None else "",
             "curve": df[["step", METRIC, *knobs]].to_dict("records") if df is not None and METRIC in df else [],
@@ -79,23 +83,33 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
     sweep = params.sweep(name)
     exp = params.experiment(sweep.experiment)
     data_dir = stage.prepared_dir(exp.dataset, root)
-    check_buildable(exp, data_dir)  # before Ray starts
+    with phase("check"):
+        check_buildable(exp, data_dir)  # before Ray starts
     if sweep.scheduler == "pbt":
         check_pbt_space(sweep, exp, data_spec(data_dir), f"tune.sweeps.{name}")
     out = Layout(root).tune(name)
     storage = storage_path(params.ray, root)
-    init_ray(params.ray)
-    tracking.setup(params.mlflow, root)
+    with phase("ray_start"):
+        init_ray(params.ray)
+    with phase("mlflow_setup"):
+        tracking.setup(params.mlflow, root)
     tags = tracking.stage_tags("tune", name, root, exp.dataset, **{"gm.family": exp.family})
     with tracking.run(f"tune/{name}", tags) as parent:
         tracking.log_params({"sweep": to_dict(sweep), "experiment": exp.to_dict()})
-        result = run_sweep(sweep, exp, data_dir, storage, f"tune-{name}", resume=resume)
+        with phase("sweep"):
+            result = run_sweep(sweep, exp, data_dir, storage, f"tune-{name}", resume=resume)
         rows = trial_rows(result.grid)
-        for row, r in zip(rows, result.grid):
-            log_trial(row, r, tags, parent.info.run_id)
-        chosen = export_selected(result.best, out.model, exp.train.select)
-        model = load_model(out.model)
-        metric = validation_metric(model, model.data)
+        for row in rows:
+            timing.PHASES.record_run(row["trial_id"], {"steps": row["train_seconds"]})
+        # optimizer steps on the sweep's wall clock: its trials' steps, `concurrency` at a time
+        timing.PHASES.add("steps", sum(r["train_seconds"] for r in rows) / max(1, result.concurrency))
+        with phase("trial_runs"):
+            for row, r in zip(rows, result.grid):
+                log_trial(row, r, tags, parent.info.run_id)
+        with phase("export"):
+            chosen = export_selected(result.best, out.model, exp.train.select)
+            model = load_model(out.model)
+        metric = reported_metric(chosen)
         best = {
             "sweep": name, "experiment": exp.name, "trial_id": result.best_trial_id,
             "overrides": result.best_overrides, "val_score": result.best_score, "val_metric": metric,
@@ -104,9 +118,10 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
             "config": apply_overrides(exp.to_dict(), result.best_overrides),
         }
         tracking.log_metrics({"best_val_score": result.best_score, "trials": len(rows)})
-        version = tracking.register_version(out.model, exp.family, exp.dataset, result.best_score, metric,
-                                          model.likelihood, {"gm.source": "tune", "gm.sweep": name,
-                                                             "gm.trial_id": result.best_trial_id})
+        with phase("registration"):
+            version = tracking.register_version(out.model, exp.family, exp.dataset, result.best_score, metric,
+                                                model.likelihood, {"gm.source": "tune", "gm.sweep": name,
+                                                                   "gm.trial_id": result.best_trial_id})
         best["registered_version"] = version
         write_json(out.best, best)
         table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
