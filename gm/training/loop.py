@@ -1,6 +1,7 @@
 """The one training loop: `train_loop_per_worker` runs in every Ray Train worker.
 
-It rebuilds the experiment from plain config, pulls its Ray Data shard, steps the
+It rebuilds the experiment from plain config, takes its share of the data (from the object store,
+or its Ray Data shard when streaming), steps the
 family's optimizer groups on their schedule, validates on rank 0 every
 `eval_every` steps and reports metrics with a checkpoint (model, optimizer state,
 step). On a restart after a failure it resumes from the latest checkpoint. A
@@ -178,7 +179,8 @@ def train_loop_per_worker(config: dict) -> dict:
         sync_initial_state(model)
         torch.manual_seed(tp.seed + 1000 * rank + 1)  # different noise per rank
         generator = torch.Generator(device=device).manual_seed(tp.seed + 1000 * rank + 2)
-        stepper = Stepper(model, spec, device, generator, tp.lr_schedule, tp.steps)
+        stepper = Stepper(model, spec, device, generator, tp.lr_schedule, tp.steps, precision=tp.precision,
+                          compile=tp.compile)
 
         nodes = gather_nodes()
         start, best, resumed_from, history = 0, math.inf, None, []
@@ -214,7 +216,9 @@ def train_loop_per_worker(config: dict) -> dict:
         phases.add("steps", seconds)
         metrics = {"step": stop, "diverged": 0.0, "train_seconds": phases.seconds["steps"],
                    "steps_per_s": (stop - step) / seconds if seconds else 0.0,
-                   **{k: float(v) for k, v in logs.items()}}
+                   **{k: float(v) for k, v in logs.items()}}  # the losses' means over the segment
+        if tp.compile:
+            metrics["graph_breaks"] = float(stepper.graph_breaks)  # since the start: compiling is lazy
         step = stop
         if resumed_from is not None:
             metrics["resumed_from_step"] = resumed_from
