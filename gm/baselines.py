@@ -79,6 +79,8 @@ class Baseline:
         rows = _rows(x, self.spec)
         if self.spec.levels:
             rows = rows + np.random.default_rng(seed).random(rows.shape)
+        if isinstance(self.estimator, KernelDensity):
+            return gaussian_kde_log_prob(rows, self.estimator.tree_.data, self.estimator.bandwidth_)
         return self.estimator.score_samples(rows)
 
     def sample(self, n: int, seed: int = 0) -> np.ndarray:
@@ -92,6 +94,21 @@ class Baseline:
             z = torch.from_numpy(self.spec.rescale(rows))  # float64 model space
             rows = self.spec.to_data(z).numpy()
         return rows.astype(np.float32).reshape(n, *self.spec.shape)
+
+
+def gaussian_kde_log_prob(rows: np.ndarray, data: np.ndarray, bandwidth: float, chunk: int = 1024) -> np.ndarray:
+    """log (1/N) Σ_i N(x; x_i, h² I) for each row x, exactly, in float64: what scikit-learn's
+    KernelDensity(kernel="gaussian").score_samples computes with its default (exact) tolerances,
+    as one matrix product per chunk instead of a tree walk (an order of magnitude faster here)."""
+    data = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float64))
+    n, d = data.shape
+    norm = -math.log(n) - 0.5 * d * math.log(2 * math.pi * bandwidth ** 2)
+    out = []
+    for start in range(0, len(rows), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(rows[start:start + chunk], dtype=np.float64))
+        sq = torch.cdist(q, data, compute_mode="use_mm_for_euclid_dist").square_()
+        out.append(torch.logsumexp(sq.mul_(-0.5 / bandwidth ** 2), dim=1) + norm)
+    return torch.cat(out).numpy() if out else np.zeros(0)
 
 
 def _rows(x: np.ndarray, spec: DataSpec) -> np.ndarray:
