@@ -29,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ from gm.training.cluster import storage_path
 from gm.params import load_params
 from gm.evaluation import evaluate, load_feature_space, load_sampler
 from gm.data.io import to_table
+from gm.bench_throughput import main as throughput_main
 
 
 def stage_times(root: Path) -> list[dict]:
@@ -203,8 +205,13 @@ def bench_tune(root: Path, sweep_name: str, trials: int, asha_samples: int, repe
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["throughput"]:  # its own arguments and defaults: python -m gm.bench throughput --help
+        return throughput_main(argv[1:])
     p = argparse.ArgumentParser(description="gm benchmarks")
-    p.add_argument("what", nargs="?", default="all", choices=["stages", "ray", "eval", "sampling", "tune", "all"])
+    p.add_argument("what", nargs="?", default="all",
+                   choices=["stages", "ray", "eval", "sampling", "tune", "throughput", "all"],
+                   help="throughput takes its own options (gm.bench_throughput): gm.bench throughput --help")
     p.add_argument("--experiment", default="wgan_gp-grid25")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=2)
@@ -217,6 +224,8 @@ def main(argv=None) -> None:
     p.add_argument("--trials", type=int, default=4, help="random search's full-budget trials (the budget)")
     p.add_argument("--asha-samples", type=int, default=16, help="configurations ASHA may draw")
     args = p.parse_args(argv)
+    if args.what == "throughput":
+        p.error("throughput must come first, followed by its own options: gm.bench throughput --help")
     root = stage.root()
     if args.what in ("stages", "all"):
         bench_stages(root)
