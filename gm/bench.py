@@ -239,15 +239,80 @@ def main(argv=None) -> None:
         bench_tune(root, args.sweep, args.trials, args.asha_samples, args.repeats)
 
 
+# the phases a stage or run records (gm.core.timing), in the order they happen
+STAGE_PHASES = ("check", "ray_start", "mlflow_setup", "fits", "sweep", "trial_runs", "export", "registration")
+RUN_PHASES = ("worker_start", "setup", "data", "steps", "validation", "checkpoint", "teardown")
+
+
+def stage_total(row: dict) -> float:
+    """A stage process's wall time: interpreter and imports, then main()."""
+    return row.get("process_start", 0.0) + row["seconds"]
+
+
+def profile_summary(rows: list[dict]) -> dict:
+    """The pipeline run's wall time (first process start to last stage end, gaps included: DVC and
+    process exits), its optimizer steps on the critical path (each train stage's slowest seed, each
+    sweep's trials over its concurrency) and their share, and the time around each train stage."""
+    if not rows:
+        return {}
+    start = min(r["started"] for r in rows)
+    end = max(r["started"] + stage_total(r) for r in rows)
+    steps = sum(r.get("phases", {}).get("steps", 0.0) for r in rows)
+    train = [r for r in rows if r["stage"].startswith("train@")]
+    around = {r["stage"]: stage_total(r) - r["phases"].get("steps", 0.0) - r["phases"].get("validation", 0.0)
+              for r in train if "phases" in r}
+    return {"wall": end - start, "stages": sum(stage_total(r) for r in rows), "steps": steps,
+            "steps_share": steps / (end - start) if end > start else 0.0, "around_train": around}
+
+
 def bench_stages(root: Path) -> None:
     rows = stage_times(root)
-    if rows:
-        print("per-stage wall time of the last pipeline run (artifacts/timings):")
-        for r in rows:
-            print(f"  {r['stage']:<32} {r['seconds']:8.1f} s")
-        print(f"  {'total':<32} {sum(r['seconds'] for r in rows):8.1f} s")
-    else:
+    if not rows:
         print("no stage timings yet: run `make run` first")
+        return
+    print("where each stage's time went in the last pipeline run (artifacts/timings), seconds:")
+    print(f"  {'stage':<30} {'total':>7} {'process':>8}  phases")
+    for r in rows:
+        ph = r.get("phases", {})
+        named = [f"{k} {ph[k]:.1f}" for k in STAGE_PHASES + ("steps", "validation") if k in ph]
+        print(f"  {r['stage']:<30} {stage_total(r):7.1f} {r.get('process_start', 0.0):8.1f}  {', '.join(named)}")
+        for label, run in sorted(r.get("runs", {}).items()):
+            parts = [f"{k} {run[k]:.1f}" for k in ("fit",) + RUN_PHASES if k in run]
+            print(f"  {'':<30} {'':>7} {'':>8}    {label}: {', '.join(parts)}")
+    s = profile_summary(rows)
+    print(f"\n  pipeline wall time {s['wall']:.0f} s ({s['wall'] / 60:.1f} min; stages {s['stages']:.0f} s, "
+          f"the rest DVC and process exits)")
+    print(f"  optimizer steps on the critical path {s['steps']:.0f} s: {100 * s['steps_share']:.0f}% of the wall time")
+    if s["around_train"]:
+        worst = max(s["around_train"], key=s["around_train"].get)
+        print(f"  per train stage outside its slowest seed's steps and validation: mean "
+              f"{statistics.fmean(s['around_train'].values()):.1f} s, most {s['around_train'][worst]:.1f} s ({worst})")
+
+
+def noop_loop(config: dict) -> dict:
+    """A Train loop function that does nothing but say when it ran."""
+    now = time.time()
+    return {"entered": now, "left": now}
+
+
+def fit_floor(repeats: int) -> list[dict]:
+    """Ray Train's own cost per fit, Ray already up: a TorchTrainer with one worker and an empty loop,
+    as (seconds until the loop function ran, seconds after it returned, the whole fit)."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = []
+    for i in range(repeats):
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.time()
+            trainer = TorchTrainer(noop_loop, train_loop_config={"t": 0},
+                                   scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                                   run_config=RunConfig(name=f"floor-{i}", storage_path=d))
+            result = trainer.fit()
+            t1 = time.time()
+        ret = result.return_value or {}
+        out.append({"start": ret.get("entered", t1) - t0, "end": t1 - ret.get("left", t1), "fit": t1 - t0})
+    return out
 
 
 def bench_ray(root: Path, name: str, steps: int, repeats: int) -> None:
@@ -268,9 +333,12 @@ def bench_ray(root: Path, name: str, steps: int, repeats: int) -> None:
     ray_rates = ", ".join(f"{x['steps_per_s']:.1f}" for x in ray_)
     print(f"  Ray Train    : {r:8.1f} steps/s  ({ray_rates})")
     print(f"  ratio Ray/bare: {r / b:.3f}  (slowdown {100 * (1 - r / b):+.1f}%)")
-    print(f"  Ray outside the loop (workers, data shards, teardown): "
+    print(f"  Ray outside the loop (workers, data, teardown): "
           f"{statistics.mean(x['outside_loop'] for x in ray_):.1f} s per run; "
           f"validation + checkpoint {statistics.mean(x['validation'] for x in ray_):.1f} s")
+    floor = fit_floor(repeats + 1)
+    print(f"  Ray Train's floor per fit (empty loop, 1 worker, Ray already up; {len(floor)} fits): "
+          + "; ".join(f"{f['fit']:.1f} s = {f['start']:.1f} to start + {f['end']:.1f} to end" for f in floor))
 
 
 if __name__ == "__main__":
