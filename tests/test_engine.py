@@ -415,15 +415,17 @@ CONV = {  # every family with 2-D convolutions (PixelCNN++ without dropout: its 
 
 
 @pytest.mark.parametrize("family", CONV)
-def test_channels_last_forced_on_cpu_gives_the_same_losses(family):
+def test_channels_last_on_cpu_gives_the_same_losses(family):
     cls = FAMILIES[family]
     torch.manual_seed(0)
     model = cls(build(cls.config_cls, CONV[family], family), RGB)
     perturb(model, 0.05, seed=1)
     batch = make_batch(RGB, 4, seed=0)
     cpu = torch.device("cpu")
-    assert wants_channels_last(model, cpu, force=True) and not wants_channels_last(model, cpu)
-    assert to_channels_last(batch.x, cpu) is batch.x  # a no-op on CPU unless forced
+    other = torch.device("meta")  # a device where it was not measured to pay
+    assert wants_channels_last(model, cpu) and wants_channels_last(model, other, force=True)
+    assert not wants_channels_last(model, other) and to_channels_last(batch.x, other) is batch.x
+    assert not wants_channels_last(FAMILIES["vae"](build(FAMILIES["vae"].config_cls, {}, "vae"), RGB), cpu)
     expected = {}
     for g in model.step_groups():
         torch.manual_seed(3)

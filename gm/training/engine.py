@@ -59,8 +59,10 @@ Compilation (`compile=True`): each group's loss computation (`model.loss` under 
 `torch.compile`d; backward and the optimizer step stay eager. `Stepper.graph_breaks` is the number of
 graph breaks dynamo counted since the stepper was made (`torch._dynamo.utils.counters`).
 
-Channels-last (`channels_last`): on CUDA, a model with 2-D convolutions and its image batches are put
-in `torch.channels_last` memory format; a no-op elsewhere unless forced.
+Channels-last (`channels_last`): on CUDA and on CPU, a model with 2-D convolutions and its image batches
+are put in `torch.channels_last` memory format (measured on the 2-core CPU, one thread, steps/s plain ->
+channels-last: RealNVP digits 23.6 -> 29.7, Glow 13.4 -> 15.0, DCGAN 91 -> 97, PixelCNN++ 5.6 -> 6.3,
+PixelCNN 18.4 -> 18.9); a no-op on other devices unless forced.
 """
 
 from __future__ import annotations
@@ -242,15 +244,19 @@ def all_finite(loss: torch.Tensor) -> bool:
 # ------------------------------------------------------------------------- channels-last
 
 
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")  # where channels-last convolutions were measured faster
+
+
 def wants_channels_last(model: nn.Module, device: torch.device, force: bool = False) -> bool:
-    """Channels-last pays on CUDA for models with 2-D convolutions; `force` asks for it anywhere."""
-    return (force or torch.device(device).type == "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    """Channels-last pays on CUDA and CPU for models with 2-D convolutions; `force` asks for it anywhere."""
+    return ((force or torch.device(device).type in CHANNELS_LAST_DEVICES)
+            and any(isinstance(m, nn.Conv2d) for m in model.modules()))
 
 
 def to_channels_last(obj, device: torch.device, force: bool = False):
-    """A module or an image batch (B, C, H, W) in channels-last memory format on CUDA (or when
+    """A module or an image batch (B, C, H, W) in channels-last memory format on CUDA or CPU (or when
     forced); anything else, or on another device, unchanged. Modules are converted in place."""
-    if not (force or torch.device(device).type == "cuda"):
+    if not (force or torch.device(device).type in CHANNELS_LAST_DEVICES):
         return obj
     if isinstance(obj, nn.Module):
         return obj.to(memory_format=torch.channels_last) if wants_channels_last(obj, device, force) else obj
