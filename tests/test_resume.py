@@ -4,18 +4,15 @@ same definition; a changed definition, a finished run or --fresh starts from ste
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from gm.core.layout import Layout
 from gm.training.driver import RUN_RECORD, mark_completed, start_or_resume
-from tests.helpers import env_for, tiny_params, write_params
+from tests.helpers import env_for, kill_when, tiny_params, write_params
 
 
 def test_start_or_resume_follows_the_definition_and_completion(tmp_path):
@@ -53,7 +50,6 @@ def checkpoints(run: Path) -> list[Path]:
 
 @pytest.mark.integration
 def test_a_killed_train_stage_continues_from_its_latest_checkpoint(tmp_repo):
-    from gm.data.bootstrap import materialise_default_data  # noqa: F401  (ring8 is generated)
     from gm.params import parse_params
     from gm.stages.prepare import prepare
 
@@ -68,17 +64,8 @@ def test_a_killed_train_stage_continues_from_its_latest_checkpoint(tmp_repo):
             params.val_fraction, params.test_fraction)
     cmd = [sys.executable, "-m", "pipelines.train", "gan-ring8"]
     run = tmp_repo / "artifacts" / "ray" / "train-gan-ring8-seed0"
-    proc = subprocess.Popen(cmd, cwd=tmp_repo, env=env_for(tmp_repo), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while len(checkpoints(run)) < 2:  # a couple of checkpoints in, well before the last step
-            assert proc.poll() is None, "the stage ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint within 300 s"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-        proc.wait()
+    # killed a couple of checkpoints in, well before the last step
+    kill_when(cmd, tmp_repo, env_for(tmp_repo), lambda: len(checkpoints(run)) >= 2, 300, "two checkpoints")
     latest = int(checkpoints(run)[-1].name.split("_")[1])
     assert 50 <= latest < 1500
 

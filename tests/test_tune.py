@@ -7,12 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +16,7 @@ import pytest
 from gm.core.layout import Layout
 from gm.core.config import ConfigError
 from gm.params import parse_params
-from tests.helpers import REPO, env_for, tiny_params, write_params
+from tests.helpers import REPO, env_for, kill_when, tiny_params, write_params
 
 
 def sweep_params(**sweep) -> dict:
@@ -190,18 +186,9 @@ def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local
     from tune.driver import read_sweep_record, run_sweep
 
     storage = tmp_path / "ray"
-    proc = subprocess.Popen([sys.executable, "-c", RESUMABLE, str(prepared), str(storage)], cwd=REPO,
-                            env={**env_for(prepared), "PYTHONPATH": str(REPO)}, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while finished_trials(storage / "tune-s") < 1:
-            assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            assert time.monotonic() < deadline, "the first trial never finished"
-            time.sleep(1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
-        proc.wait()
+    kill_when([sys.executable, "-c", RESUMABLE, str(prepared), str(storage)], REPO,
+              {**env_for(prepared), "PYTHONPATH": str(REPO)}, lambda: finished_trials(storage / "tune-s") >= 1,
+              600, "a finished first trial")
     first = {p.name for p in (storage / "tune-s").iterdir() if p.is_dir()}
     params = parse_params(resumable_params())
     sweep = params.sweeps["s"]

@@ -34,6 +34,9 @@ SHARED_RAY_ENV = "GM_SHARED_RAY"
 # otherwise adds up to 2 s to every state change of a fit (start, each phase, the end).
 TRAIN_ENV_DEFAULTS = (("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("RAY_TRAIN_V2_ENABLED", "1"),
                       ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"))
+# and on a local Ray only: no preemption watcher (an actor, i.e. a process start, per fit, watching for
+# cloud nodes being drained, which a single machine's Ray never is)
+LOCAL_TRAIN_ENV_DEFAULTS = (("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),)
 
 
 def init_ray(params: RayParams, *, quiet: bool = True) -> None:
@@ -49,7 +52,8 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # passed on to every worker (docs/architecture.md)
-    env_vars = {k: os.environ.setdefault(k, v) for k, v in TRAIN_ENV_DEFAULTS}
+    defaults = TRAIN_ENV_DEFAULTS + (LOCAL_TRAIN_ENV_DEFAULTS if params.address == "local" else ())
+    env_vars = {k: os.environ.setdefault(k, v) for k, v in defaults}
     # the dashboard serves the state API that Train's placement-group cleaner needs (docs/architecture.md)
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
                   runtime_env={"env_vars": env_vars,
