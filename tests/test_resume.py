@@ -77,3 +77,22 @@ def test_a_killed_train_stage_continues_from_its_latest_checkpoint(tmp_repo):
     steps = [h["step"] for h in json.loads(out.history.read_text())]
     assert steps == list(range(50, 1501, 50))  # one curve: the killed attempt's part came with the checkpoint
     assert json.loads((run / RUN_RECORD).read_text())["completed"] is True
+
+
+WHERE = """
+import sys
+import ray
+from gm.training.cluster import init_ray, RayParams
+init_ray(RayParams(num_cpus=1))
+print(ray.get(ray.remote(lambda: __import__("gm").__file__).remote()))
+"""
+
+
+@pytest.mark.integration
+def test_ray_workers_run_the_drivers_copy_of_gm(tmp_repo):
+    # a profile's workspace or a test's copy: its workers must not import the checkout the environment's
+    # editable install points at (what the digest of a resumable run describes is the copy's code)
+    r = subprocess.run([sys.executable, "-c", WHERE], cwd=tmp_repo, env=env_for(tmp_repo), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == str(tmp_repo / "gm" / "__init__.py")

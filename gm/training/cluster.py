@@ -24,6 +24,8 @@ class RayParams:
             raise ConfigError(f"address: expected 'local', 'auto', 'ray://host:port' or 'host:port', got {self.address!r}")
 
 
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding this gm package
+
 # Set by `shared_ray` for the processes it starts (a `dvc repro`): the GCS address of the one local Ray
 # they all join instead of starting their own. gm's own variable, never Ray's RAY_ADDRESS: a stage run
 # by hand with `ray.address: local` starts an embedded Ray as before.
@@ -54,6 +56,10 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     # passed on to every worker (docs/architecture.md)
     defaults = TRAIN_ENV_DEFAULTS + (LOCAL_TRAIN_ENV_DEFAULTS if params.address == "local" else ())
     env_vars = {k: os.environ.setdefault(k, v) for k, v in defaults}
+    # workers import the gm this driver runs (a profile's workspace, a test's copy), not whichever
+    # checkout the environment's editable install points at: Ray appends the driver's folder to
+    # the workers' sys.path, after that install
+    env_vars["PYTHONPATH"] = os.pathsep.join([str(CODE_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     # the dashboard serves the state API that Train's placement-group cleaner needs (docs/architecture.md)
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
                   runtime_env={"env_vars": env_vars,
