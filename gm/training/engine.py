@@ -311,7 +311,7 @@ class Stepper:
 
     `precision`: "fp32" or "bf16" (autocast of each loss; see the module doc); `compile`:
     torch.compile each group's loss (`compile_backend`); `bucket_bytes`: the gradient bucket size
-    with several workers; `channels_last`: None for the default (CUDA and a conv model), or a bool.
+    with several workers; `channels_last`: None for the default (a conv model on CUDA or CPU), or a bool.
     """
 
     def __init__(self, model: GenerativeModel, spec: DataSpec, device: torch.device, generator: torch.Generator,
