@@ -44,31 +44,18 @@ from gm.models.base import build_model
 from gm.training.driver import fit
 from gm.training.cluster import init_ray
 from gm.training.engine import Stepper, run_steps
-from gm.training.loop import BatchStream
+from gm.training.loop import BatchStream, InMemory
 from tune.driver import run_sweep
 from gm.inference import sample_data
 from gm.training.cluster import storage_path
 from gm.params import load_params
 from gm.evaluation import evaluate, load_feature_space, load_sampler
-from gm.data.io import to_table
 from gm.bench_throughput import main as throughput_main
 
 
 def stage_times(root: Path) -> list[dict]:
     rows = [json.loads(p.read_text()) for p in sorted(Layout(root).timings_root.glob("*.json"))]
     return sorted(rows, key=lambda r: r["started"])
-
-
-class _ArrayShard:
-    """The in-memory path of BatchStream, fed from numpy instead of a Ray Data shard."""
-
-    def __init__(self, x, y):
-        import pyarrow as pa
-
-        self.table: pa.Table = to_table(x, y)
-
-    def iter_batches(self, **_):
-        yield self.table
 
 
 def bare_steps_per_s(exp, data_dir: Path, steps: int, threads: int) -> float:
@@ -79,7 +66,7 @@ def bare_steps_per_s(exp, data_dir: Path, steps: int, threads: int) -> float:
     model = build_model(exp.family, exp.model, spec)
     stepper = Stepper(model, spec, torch.device("cpu"), torch.Generator().manual_seed(exp.train.seed),
                       exp.train.lr_schedule, exp.train.steps)
-    batches = iter(BatchStream(_ArrayShard(x, y), spec.shape, exp.train.batch_size, True, exp.train.seed))
+    batches = iter(BatchStream(InMemory(x, y), spec.shape, exp.train.batch_size, True, exp.train.seed))
     run_steps(stepper, batches, 0, 10)  # warm-up, as the Ray loop's first steps also pay it
     _, seconds = run_steps(stepper, batches, 10, 10 + steps)
     return steps / seconds

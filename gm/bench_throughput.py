@@ -40,14 +40,14 @@ import ray
 import torch
 
 from gm import stage
-from gm.data.io import data_spec, read_split, to_table
+from gm.data.io import data_spec, read_split
 from gm.models.base import build_model
 from gm.params import load_params
 from gm.training.cluster import init_ray
 from gm.training.driver import fit
 from gm.training.engine import Stepper, run_steps
 from gm.training.experiment import ExperimentConfig, ScalingParams, experiment_from_dict
-from gm.training.loop import BatchStream
+from gm.training.loop import BatchStream, InMemory
 
 # short name -> (profile, experiment): the experiments the benchmark names by default
 MODELS = {
@@ -275,16 +275,6 @@ def cpu_name() -> str:
 # ---------------------------------------------------------------------------------- runs
 
 
-class ArrayShard:
-    """A whole split held in memory, read by BatchStream like a Ray Data shard."""
-
-    def __init__(self, x, y):
-        self.table = to_table(x, y)
-
-    def iter_batches(self, **_):
-        yield self.table
-
-
 def bare_run(c: Config, data_dir: Path, device: torch.device) -> tuple[float, float, str]:
     """(samples/s, warm-up excess s, note) of the step loop in this process."""
     tp = c.exp.train
@@ -299,7 +289,7 @@ def bare_run(c: Config, data_dir: Path, device: torch.device) -> tuple[float, fl
         model = build_model(c.exp.family, c.exp.model, spec).to(device)
         stepper = Stepper(model, spec, device, torch.Generator(device=device).manual_seed(tp.seed),
                           tp.lr_schedule, tp.steps, precision=tp.precision, compile=tp.compile)
-        batches = iter(BatchStream(ArrayShard(x, y), spec.shape, tp.batch_size, True, tp.seed))
+        batches = iter(BatchStream(InMemory(x, y), spec.shape, tp.batch_size, True, tp.seed))
         warm = timed_steps(stepper, batches, 0, c.warmup, device)
         timed = timed_steps(stepper, batches, c.warmup, c.warmup + c.steps, device)
     finally:
