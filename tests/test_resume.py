@@ -26,6 +26,9 @@ def test_start_or_resume_follows_the_definition_and_completion(tmp_path):
     assert json.loads((tmp_path / name / RUN_RECORD).read_text()) == {"definition": "b", "completed": False}
     mark_completed(storage, name)
     assert start_or_resume(storage, name, "b") is False  # finished: running the stage again trains afresh
+    (tmp_path / name / "checkpoint_00000100").mkdir()
+    assert start_or_resume(storage, name, "b", fresh=True) is False  # --fresh: unfinished, yet cleared
+    assert not (tmp_path / name / "checkpoint_00000100").exists()
 
 
 def test_the_definition_changes_with_params_data_and_code(tmp_repo, prepared):

@@ -18,8 +18,7 @@ from gm.training.experiment import ExperimentConfig
 from gm.core.files import write_json
 from gm.core.layout import Layout
 from gm.models.base import load_model
-from gm.training.driver import (TrainOutcome, check_buildable, clear_run, fit_many, mark_completed,
-                                start_or_resume)
+from gm.training.driver import TrainOutcome, check_buildable, fit_many, mark_completed, start_or_resume
 from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import reported_metric
 from gm.core import timing
@@ -99,19 +98,15 @@ def train(name: str, root: Path, fresh: bool = False) -> dict:
         tracking.log_params(exp.to_dict())
         storage = storage_path(params.ray, root)
         defined = definition(exp, data_dir, root)
-        if fresh:
-            for _, run_name in runs:
-                clear_run(storage, run_name)
-        resumed = [start_or_resume(storage, run_name, defined) for _, run_name in runs]
+        resumed = [start_or_resume(storage, run_name, defined, fresh) for _, run_name in runs]
         tracking.log_params({"resumed_seeds": ",".join(str(e.train.seed) for (e, _), r in zip(runs, resumed) if r)
                              or "none"})
         with phase("fits"):  # start_or_resume cleared what must start afresh: Train resumes the rest
             outcomes = fit_many(runs, data_dir, storage, resume=True)
-        for (_, run_name), o in zip(runs, outcomes):
+        for (e, run_name), o in zip(runs, outcomes):
+            timing.PHASES.record_run(f"seed{e.train.seed}", {"fit": o.wall_seconds, **o.phases})
             if o.diverged:  # nothing to continue: the next attempt (new learning rates, say) starts afresh
                 mark_completed(storage, run_name)
-        for (e, _), o in zip(runs, outcomes):
-            timing.PHASES.record_run(f"seed{e.train.seed}", {"fit": o.wall_seconds, **o.phases})
         slowest = max(outcomes, key=lambda o: o.train_seconds)  # the seeds run side by side: its steps are the wait
         timing.PHASES.add("steps", slowest.train_seconds)
         timing.PHASES.add("validation", slowest.phases.get("validation", 0.0))

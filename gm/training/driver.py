@@ -219,10 +219,11 @@ def _write_record(storage: str, name: str, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True).encode())
 
 
-def start_or_resume(storage: str, name: str, definition: str) -> bool:
+def start_or_resume(storage: str, name: str, definition: str, fresh: bool = False) -> bool:
     """True (resume) when storage/name holds an unfinished run of the same `definition` (a stage whose
-    driver was killed); otherwise the folder is cleared, the new definition recorded, and False."""
-    record = _read_record(storage, name)
+    driver was killed) and not `fresh`; otherwise the folder is cleared, the new definition recorded,
+    and False."""
+    record = None if fresh else _read_record(storage, name)
     if record is not None and record.get("definition") == definition and not record.get("completed"):
         return True
     clear_run(storage, name)
@@ -254,15 +255,14 @@ def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: 
 
 
 def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: str,
-             resume: bool | list[bool] = False) -> list[TrainOutcome]:
+             resume: bool = False) -> list[TrainOutcome]:
     """Several Train runs (e.g. seeds) at once: each TorchTrainer.fit() waits in a thread of this
     process (its controller and workers are Ray actors), so as many run side by side as the cluster
-    has room for their workers, at no extra process start per run. `resume`: one flag, or one per run."""
+    has room for their workers, at no extra process start per run."""
     from concurrent.futures import ThreadPoolExecutor
 
-    flags = resume if isinstance(resume, list) else [resume] * len(runs)
     if len(runs) == 1:
-        return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=flags[0])]
+        return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=resume)]
     with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="fit") as pool:
-        futures = [pool.submit(fit, exp, data_dir, storage, name, r) for (exp, name), r in zip(runs, flags)]
+        futures = [pool.submit(fit, exp, data_dir, storage, name, resume) for exp, name in runs]
         return [f.result() for f in futures]
