@@ -232,15 +232,6 @@ def average_gradients(params, bucket_bytes: int = BUCKET_BYTES) -> None:
     GradientReducer(params, bucket_bytes, hooks=False).reduce_now()
 
 
-def all_finite(loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every worker (so all of them stop together). Reads the
-    device: the step loop itself keeps a device-side record instead (`Stepper.check_finite`)."""
-    ok = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
-    if world()[1] > 1:
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item())
-
-
 # ------------------------------------------------------------------------- channels-last
 
 

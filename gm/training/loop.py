@@ -1,11 +1,11 @@
 """The one training loop: `train_loop_per_worker` runs in every Ray Train worker.
 
-It rebuilds the experiment from plain config, takes its share of the data (from the object store,
-or its Ray Data shard when streaming), steps the
-family's optimizer groups on their schedule, validates on rank 0 every
-`eval_every` steps and reports metrics with a checkpoint (model, optimizer state,
-step). On a restart after a failure it resumes from the latest checkpoint. A
-non-finite loss stops the run and is reported as a divergence, never checkpointed.
+It rebuilds the experiment from plain config, takes its share of the data (from the object
+store, or its Ray Data shard when streaming), steps the family's optimizer groups on their
+schedule (gm/training/engine.py), validates on rank 0 every `eval_every` steps and reports
+metrics with a checkpoint (model, optimizer state, step, curve so far). On a restart after a
+failure it resumes from the latest checkpoint. A non-finite loss stops the run and is reported
+as a divergence, never checkpointed.
 """
 
 from __future__ import annotations
