@@ -4,7 +4,6 @@ batch, the one step loop (the product's Stepper), the tiny pipeline profile and 
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterable
@@ -12,6 +11,7 @@ from typing import Callable, Iterable
 import torch
 import yaml
 
+from gm.chaos import kill_when  # noqa: F401  (re-exported for the tests)
 from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, GenerativeModel
 
@@ -144,31 +144,10 @@ def tiny_params(**overrides) -> dict:
     return params
 
 
-def kill_when(cmd: list[str], cwd: Path, env: dict, ready: Callable[[], bool], timeout: float, waiting_for: str) -> None:
-    """Start `cmd` in its own session, wait (bounded) until `ready()`, then SIGKILL its whole process group
-    (a stage's driver and the Ray it started, at once), as a killed `dvc repro` would leave things."""
-    import signal
-    import subprocess
-    import time
-
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            assert proc.poll() is None, f"the process ended before {waiting_for}"
-            assert time.monotonic() < deadline, f"no {waiting_for} within {timeout:.0f} s"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 def env_for(root: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS", "GM_SHARED_RAY"))}
-    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-    env["GM_ROOT"] = str(root)
-    return env
+    from gm.chaos import stage_env
+
+    return stage_env(root)
 
 
 def copy_repo(dest: Path) -> Path:
