@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: run test test-fast ui bench setup data clean help profile
+.PHONY: run test test-fast ui bench setup data clean help profile server chaos
 
 help:
 	@echo "make run    - set up .venv, materialise data/, run the DVC pipeline (prepare, train, tune, evaluate, report)"
@@ -15,6 +15,8 @@ help:
 	@echo "make test-fast - the suite without Ray, MLflow server or DVC runs (minutes)"
 	@echo "make ui     - serve the MLflow UI on http://127.0.0.1:$(PORT)"
 	@echo "make bench  - print per-stage and Ray Train overhead figures"
+	@echo "make server - a team's MLflow tracking server on PostgreSQL, http://127.0.0.1:$(PORT) (ARGS=--auth ...)"
+	@echo "make chaos  - inject faults (killed node, driver, server; corrupt files) and print what each cost"
 
 setup: $(STAMP)
 
@@ -40,6 +42,15 @@ test: $(STAMP)
 # make test stays on one process: Ray's tests are slower beside a second worker than after it
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --timeout=300 --durations=10 -m "not integration" tests
+
+# a team's tracking server: PostgreSQL + MLflow with proxied artifacts (state in tracking-server/); then
+# export MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT) in every clone that should log there
+server: $(STAMP)
+	$(BIN)/gm server --port $(PORT) $(ARGS)
+
+# the fault-injection benchmark: a table of faults, what happened, and what was lost (python -m gm.chaos --help)
+chaos: data
+	$(BIN)/python -m gm.chaos $(ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)

@@ -90,6 +90,8 @@ def main(argv=None) -> None:
     sub.add_parser("check", help="validate params.yaml and the data files it names").set_defaults(fn=cmd_check)
     r = sub.add_parser("repro", help="dvc repro with one Ray for all its stages (what `make run` runs)")
     r.set_defaults(fn=cmd_repro)  # every argument after `repro` goes to dvc repro (targets, -f, --keep-going ...)
+    sub.add_parser("server", help="a team's MLflow tracking server on PostgreSQL (gm server --help)", add_help=False
+                   ).set_defaults(fn=None)
     s = sub.add_parser("sample", help="draw samples from a registered model")
     s.add_argument("model_uri", help="e.g. models:/gm-wgan_gp-grid25@champion")
     s.add_argument("-n", type=int, default=16)
@@ -97,6 +99,11 @@ def main(argv=None) -> None:
     s.add_argument("--label", type=int, default=None)
     s.add_argument("--out", default="samples.npy")
     s.set_defaults(fn=cmd_sample)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "server" in argv:  # everything after it is the server's own command line (gm.server)
+        from gm import server
+
+        return server.main(argv[argv.index("server") + 1:])
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "repro":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
