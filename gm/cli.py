@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gm import stage
 from gm.data.bootstrap import materialise_default_data
-from gm import tracking
+from gm import server, tracking
 from gm.training.cluster import shared_ray
 
 
@@ -56,7 +56,7 @@ def cmd_sample(args) -> None:
     request = {"n": args.n, "seed": args.seed}
     if args.label is not None:
         request["label"] = args.label
-    x = model.predict(request)
+    x = model.predict([request])
     np.save(args.out, x)
     print(f"{args.out}: {x.shape} samples from {args.model_uri}")
 
@@ -101,8 +101,6 @@ def main(argv=None) -> None:
     s.set_defaults(fn=cmd_sample)
     argv = sys.argv[1:] if argv is None else list(argv)
     if "server" in argv:  # everything after it is the server's own command line (gm.server)
-        from gm import server
-
         return server.main(argv[argv.index("server") + 1:])
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "repro":

@@ -12,7 +12,7 @@ from gm.core import timing
 from gm.core.config import ConfigError
 from gm.core.layout import Layout
 from gm.params import Params, load_params
-from gm.tracking import repo_root
+from gm.tracking import TrackingUnavailable, repo_root, unavailable
 from gm.core.files import write_json
 
 
@@ -20,7 +20,7 @@ class StageError(RuntimeError):
     """A stage could not finish for a reason the user can act on (message is one line)."""
 
 
-USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, KeyError, StageError)
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, KeyError, StageError, TrackingUnavailable)
 
 
 def root() -> Path:
@@ -42,6 +42,12 @@ def guarded(call):
         return call()
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # the tracking server went away mid-stage, or refused the credentials
+        msg = unavailable(e) if "mlflow" in sys.modules else None
+        if msg is None:
+            raise
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
 

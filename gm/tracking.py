@@ -7,10 +7,13 @@ sqlite store is a file on one machine and tolerates one writer).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
+import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -42,24 +45,156 @@ def tracking_uri(params: MlflowParams, root: Path) -> str:
     return uri
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer, or refuses us (the message is one line, naming what to do)."""
+
+
+# MLflow's HTTP client retries a failed request 7 times with a backoff factor of 2 (minutes of waiting
+# for a server that is down) and gives each 120 s: a stage gives up after about 15 s of retries instead
+# (a user's own values win). What was logged before stays; the stage's next attempt resumes.
+HTTP_DEFAULTS = (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                 ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60"))
+
+
+def check_server(uri: str, tries: int = 3, timeout: float = 5.0) -> None:
+    """Before a stage does any work: an http(s) tracking URI must answer its health check (a few tries, a
+    second apart), else TrackingUnavailable in one line."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    reason = "no answer"
+    for i in range(tries):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+                if r.status == 200:
+                    return
+                reason = f"health check answered HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            reason = f"health check answered HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            reason = str(getattr(e, "reason", e))
+        if i + 1 < tries:
+            time.sleep(1.0)
+    raise TrackingUnavailable(f"MLflow tracking server {uri} is not answering ({reason}); start it (gm server) "
+                              "or point MLFLOW_TRACKING_URI at one that runs; nothing was done")
+
+
+def unavailable(error: BaseException) -> str | None:
+    """The one line to print when `error` (from any MLflow call) means the tracking server went away or
+    refused the credentials; None for every other error."""
+    from mlflow.exceptions import MlflowException
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if isinstance(error, TrackingUnavailable):
+            return text
+        if isinstance(error, MlflowException):
+            if "401" in text or getattr(error, "error_code", "") == "UNAUTHENTICATED":
+                return (f"MLflow tracking server {uri} refused the request (401 Unauthorized): set "
+                        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+            if "403" in text or getattr(error, "error_code", "") == "PERMISSION_DENIED":
+                return f"MLflow tracking server {uri}: permission denied (403) for this user"
+            if any(k in text for k in ("Max retries exceeded", "Connection refused", "ConnectionError",
+                                       "Read timed out", "RemoteDisconnected")):
+                return (f"MLflow tracking server {uri} stopped answering (retried for about 15 s); what was "
+                        "logged and registered before stays; run the stage again when the server is back")
+        if type(error).__name__ in ("ConnectionError", "MaxRetryError", "NewConnectionError") and \
+                type(error).__module__.startswith(("requests", "urllib3")):
+            return (f"MLflow tracking server {uri} stopped answering; what was logged and registered before "
+                    "stays; run the stage again when the server is back")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def setup(params: MlflowParams, root: Path) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    """Point MLflow at the store and make sure the experiment exists; returns its id.
+
+    A tracking server must answer first (check_server), and the runs an earlier, killed stage process of
+    this workspace left RUNNING are marked KILLED (reap_orphans)."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay readable
+    for k, v in HTTP_DEFAULTS:
+        os.environ.setdefault(k, v)
     uri = tracking_uri(params, root)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     exp = mlflow.get_experiment_by_name(params.experiment)
     if exp is not None:
-        mlflow.set_experiment(experiment_id=exp.experiment_id)
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:"):  # keep artifacts next to the database, not under the cwd
-        location = (root / "mlartifacts").resolve().as_uri()
-    exp_id = mlflow.create_experiment(params.experiment, artifact_location=location)
+        exp_id = exp.experiment_id
+    else:
+        location = None
+        if uri.startswith("sqlite:"):  # keep artifacts next to the database, not under the cwd
+            location = (root / "mlartifacts").resolve().as_uri()
+        try:
+            exp_id = mlflow.create_experiment(params.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # another clone created it in between
+            exp = mlflow.get_experiment_by_name(params.experiment)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
+    reap_orphans(exp_id, root)
     return exp_id
+
+
+# ------------------------------------------------------------------------------ whose runs
+
+
+def _process_key(pid: int) -> str | None:
+    import psutil
+
+    try:
+        return f"{pid}:{int(psutil.Process(pid).create_time())}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def owner() -> str:
+    """This process, as a run's `gm.owner` tag: host, pid and start time (a pid alone is reused)."""
+    return f"{socket.gethostname()}:{_process_key(os.getpid())}"
+
+
+def workspace(root: Path) -> str:
+    """A workspace (a clone's folder on a host), as a run's `gm.workspace` tag."""
+    return f"{socket.gethostname()}:{Path(root).resolve()}"
+
+
+def owner_alive(tag: str | None) -> bool:
+    """False when the process a `gm.owner` tag names is gone (this host's only: another's cannot be seen)."""
+    if not tag:
+        return False
+    host, _, key = tag.partition(":")
+    if host != socket.gethostname():
+        return True
+    pid = key.partition(":")[0]
+    return pid.isdigit() and _process_key(int(pid)) == key
+
+
+def reap_orphans(experiment_id: str, root: Path) -> list[str]:
+    """Mark KILLED the runs of this workspace left RUNNING by a stage process that no longer exists (a
+    SIGKILLed driver, a lost machine); returns their ids. A run of a live process (a stage running beside
+    this one) is left alone, and so is every other workspace's."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    ws = workspace(root)
+    runs = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    reaped = []
+    for r in runs:
+        if r.data.tags.get("gm.workspace") != ws or owner_alive(r.data.tags.get("gm.owner")):
+            continue
+        client.set_tag(r.info.run_id, "gm.ended", f"killed: its process {r.data.tags.get('gm.owner')} is gone "
+                       f"(marked by {owner()})")
+        client.set_terminated(r.info.run_id, "KILLED")
+        reaped.append(r.info.run_id)
+    return reaped
 
 
 def git_commit(root: Path) -> str:
@@ -91,7 +226,8 @@ def data_hashes(root: Path, dataset: str | None = None) -> dict[str, str]:
 
 
 def stage_tags(stage: str, name: str, root: Path, dataset: str | None = None, **extra) -> dict[str, str]:
-    tags = {"gm.stage": stage, "gm.experiment": name, "mlflow.source.git.commit": git_commit(root)}
+    tags = {"gm.stage": stage, "gm.experiment": name, "mlflow.source.git.commit": git_commit(root),
+            "gm.workspace": workspace(root), "gm.owner": owner()}
     if dataset:
         tags["gm.dataset"] = dataset
     tags.update(data_hashes(root, dataset))
@@ -183,40 +319,79 @@ def _pinned(package: str) -> str:
     return f"{package}=={version(package)}"
 
 
+def model_digest(model_dir: Path) -> str:
+    """SHA-256 of an exported model folder (every file's relative path and bytes): a version's identity."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(model_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+SERVING_CODE = Path(__file__).resolve().with_name("serving.py")  # the pyfunc, logged as code
+
+
 def register_version(model_dir: Path, family: str, dataset: str, score: float, metric: str,
-                   likelihood: str | None, extra_tags: Mapping[str, str] | None = None) -> int:
-    """Log the exported model as an mlflow.pyfunc sampler in the active run and register it.
+                     likelihood: str | None, extra_tags: Mapping[str, str] | None = None) -> int:
+    """Log the exported model as an mlflow.pyfunc sampler in the active run and register it, once.
 
-    Returns the new version; the `champion` alias moves to it only when it beats the
-    current champion on the validation score (lower is better), recorded as a tag.
+    The pyfunc is logged as code (MLflow's models-from-code: gm/serving.py, with gm's own code beside it),
+    so loading a version imports gm and reads tensors and JSON, never unpickles. A version is identified by
+    its folder's digest (tag gm.model_sha256): registering the same folder again (a stage resumed after its
+    driver was killed between two seeds' registrations) returns the version it already has. Its tags are
+    written with the version in one call, so no version is ever half-tagged. Returns the version; the
+    `champion` alias then settles on the best validation score (promote_if_better).
     """
-    import warnings
-
     import mlflow
 
-    from gm.serving import GMSampler
-
-    # requests are dicts ({"n": ...} or {"log_prob": ...}), which MLflow's type-hint validation cannot express
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
     name = registered_name(family, dataset)
-    gm_dir = Path(__file__).resolve().parent
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=GMSampler(),
-        artifacts={"model": str(model_dir)},
-        code_paths=[str(gm_dir)],  # the sampler rebuilds the family from gm's own code
-        pip_requirements=[_pinned("torch").replace("+cpu", ""), _pinned("numpy"), _pinned("pyyaml"),
-                          _pinned("mlflow")],
-        registered_model_name=name,
-        metadata={"family": family, "dataset": dataset, "likelihood": likelihood or "none"},
-    )
-    version = int(info.registered_model_version)
+    digest = model_digest(model_dir)
     tags = {"gm.val_score": repr(float(score)), "gm.val_metric": metric, "gm.family": family,
-            "gm.dataset": dataset,
+            "gm.dataset": dataset, "gm.model_sha256": digest,
             "gm.log_prob": {"exact": "exact", "bound": "lower bound (IWAE)"}.get(likelihood or "", "none"),
             **(extra_tags or {})}
-    tag_version(name, version, tags)
+    version = _version_of(name, digest)
+    if version is None:
+        with warnings.catch_warnings():  # predict's answer (an array of any shape) is typed Any on purpose
+            warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(SERVING_CODE),
+                artifacts={"model": str(model_dir)},
+                code_paths=[str(SERVING_CODE.parent)],  # the sampler rebuilds the family from gm's own code
+                pip_requirements=[_pinned("torch").replace("+cpu", ""), _pinned("numpy"), _pinned("pyyaml"),
+                                  _pinned("mlflow"), _pinned("pydantic")],
+                metadata={"family": family, "dataset": dataset, "likelihood": likelihood or "none"},
+            )
+        version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        version = _deduplicate(name, digest, version)
     promote_if_better(name, version, score)
+    return version
+
+
+def _version_of(name: str, digest: str) -> int | None:
+    """The lowest version of `name` registered from a folder with this digest, or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.tracking.MlflowClient().search_model_versions(
+            f"name = '{name}' and tags.`gm.model_sha256` = '{digest}'")
+    except MlflowException as e:
+        if "RESOURCE_DOES_NOT_EXIST" in str(e):
+            return None
+        raise
+    return min((int(v.version) for v in found), default=None)
+
+
+def _deduplicate(name: str, digest: str, version: int) -> int:
+    """Two stages that registered the same folder at the same moment (two clones of one experiment) both
+    find no version, then both create one: the lower number stays, the other is deleted by its creator."""
+    import mlflow
+
+    first = _version_of(name, digest)
+    if first is not None and first < version:
+        mlflow.tracking.MlflowClient().delete_model_version(name, str(version))
+        return first
     return version
 
 
@@ -231,25 +406,62 @@ def champion(name: str):
         return None
 
 
-def promote_if_better(name: str, version: int, score: float) -> bool:
-    """Move `champion` to `version` if its validation score beats the champion's (or none exists)."""
+def _score(version) -> float:
+    try:
+        return float(version.tags.get("gm.val_score", "nan"))
+    except ValueError:
+        return math.nan
+
+
+def best_version(name: str):
+    """The version with the lowest finite validation score (the earliest on a tie), or None."""
+    import mlflow
+
+    scored = [(_score(v), int(v.version), v) for v in mlflow.tracking.MlflowClient().search_model_versions(
+        f"name = '{name}'")]
+    scored = [t for t in scored if math.isfinite(t[0])]
+    return min(scored, key=lambda t: t[:2])[2] if scored else None
+
+
+def promote_if_better(name: str, version: int, score: float, rounds: int = 20) -> bool:
+    """Settle `champion` on the best validation score of all versions (lower is better), and record on
+    `version` the decision about it: promoted, or kept with the champion's score. True when `version` is
+    the champion afterwards.
+
+    Two stages registering at once (two clones on one server) cannot overwrite each other's better
+    champion: the alias has no compare-and-set, so each sets it to the best version it can see and then
+    looks again, until what it set is still the best of everything registered (every stage creates its
+    version before this, so the last to look sees them all)."""
     import mlflow
 
     client = mlflow.tracking.MlflowClient()
-    current = champion(name)
-    if not math.isfinite(score):  # a diverged model is never a champion, even the first one
-        decision, promote = f"not promoted: validation score {score} is not finite", False
-    elif current is None:
-        decision, promote = "promoted: no champion before", True
+    before = champion(name)
+    for _ in range(rounds):
+        best = best_version(name)
+        current = champion(name)
+        if best is not None and (current is None or current.version != best.version):
+            client.set_registered_model_alias(name, CHAMPION, str(best.version))
+        again = best_version(name)
+        settled = champion(name)
+        if (again is None and best is None) or (again is not None and best is not None and
+                                                again.version == best.version and settled is not None and
+                                                settled.version == best.version):
+            break
     else:
-        best = float(current.tags.get("gm.val_score", "inf"))
-        promote = math.isfinite(score) and score < best
-        decision = (f"promoted: {score:.6g} < {best:.6g} of v{current.version}" if promote
-                    else f"kept v{current.version}: {best:.6g} <= {score:.6g}")
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, str(version))
+        raise RuntimeError(f"{name}: the champion did not settle in {rounds} rounds of concurrent registrations")
+    promoted = best is not None and int(best.version) == int(version)
+    if "gm.champion_decision" in client.get_model_version(name, str(version)).tags:
+        return promoted  # decided when it was registered (this is a resumed stage): that decision stands
+    if not math.isfinite(score):  # a diverged model is never a champion, even the first one
+        decision = f"not promoted: validation score {score} is not finite"
+    elif promoted:
+        prior = (f"{score:.6g} < {_score(before):.6g} of v{before.version}"
+                 if before is not None and int(before.version) != int(version) else "no champion before")
+        decision = f"promoted: {prior}"
+    else:
+        decision = f"kept v{best.version}: {_score(best):.6g} <= {score:.6g}"
     client.set_model_version_tag(name, str(version), "gm.champion_decision", decision)
-    return promote
+    return promoted
 
 
 def load_registered(model_uri: str):

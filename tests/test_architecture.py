@@ -22,11 +22,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics", ("gm.metrics", "gm.featurizer")),
     ("training", ("gm.training",)),
     ("evaluation", ("gm.evaluation",)),
-    ("tracking", ("gm.tracking", "gm.serving")),
+    ("tracking", ("gm.tracking", "gm.serving", "gm.server")),
     ("tune", ("tune",)),
     ("assembly", ("gm.params",)),
     ("stages", ("gm.stages", "gm.stage", "gm.figures", "gm.report", "gm.cli", "gm.bench", "gm.profiles", "gm",
-                "pipelines")),
+                "pipelines", "gm.chaos")),
 ]
 
 # Imports of our own modules inside a function, each with its reason. Keep it short.

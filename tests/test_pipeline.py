@@ -144,13 +144,13 @@ READ_TRACKING = textwrap.dedent("""
         versions = c.search_model_versions(f"name='{name}'")
         champ = c.get_model_version_by_alias(name, "champion")
         m = mlflow.pyfunc.load_model(f"models:/{name}@champion")
-        x = m.predict({"n": 25, "seed": 0})
+        x = m.predict([{"n": 25, "seed": 0}])
         got = {"scores": {str(v.version): float(v.tags["gm.val_score"]) for v in versions},
                "champion": str(champ.version),
-               "shape": list(x.shape), "again": bool((x == m.predict({"n": 25, "seed": 0})).all()),
+               "shape": list(x.shape), "again": bool((x == m.predict([{"n": 25, "seed": 0}])).all()),
                "versions": len(versions)}
         if name == "gm-vae-digits":
-            lp = m.predict({"log_prob": x})
+            lp = m.predict([{"log_prob": x.reshape(len(x), -1).tolist()}])
             got["log_prob"] = [len(lp), bool(np.isfinite(lp).all())]
             got["bound"] = champ.tags["gm.log_prob"]
         return got

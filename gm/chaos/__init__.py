@@ -23,6 +23,10 @@ from typing import Callable
 import yaml
 
 from gm.core.layout import Layout
+from gm.data.bootstrap import materialise_default_data
+from gm.params import parse_params
+from gm.profiles import copy_checkout
+from gm.stages.prepare import prepare as prepare_dataset
 
 
 @dataclass
@@ -72,11 +76,6 @@ GAN_RING8 = {"family": "gan", "dataset": "ring8", "model": {"z_dim": 2, "hidden"
 def workspace(dest: Path, params: dict, prepare: bool = True) -> Path:
     """A copy of this checkout's tracked files in `dest` with `params` as its params.yaml, its raw data,
     and (when `prepare`) every dataset of the params prepared, as `dvc repro` would have left them."""
-    from gm.data.bootstrap import materialise_default_data
-    from gm.params import parse_params
-    from gm.profiles import copy_checkout
-    from gm.stages.prepare import prepare as prepare_dataset
-
     root = copy_checkout(CHECKOUT, Path(dest))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     materialise_default_data(root)
