@@ -21,6 +21,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from gm.core.config import flatten
+from gm.core.faults import failpoint
 
 CHAMPION = "champion"
 
@@ -364,6 +365,7 @@ def register_version(model_dir: Path, family: str, dataset: str, score: float, m
             )
         version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
         version = _deduplicate(name, digest, version)
+        failpoint("register:version-created")
     promote_if_better(name, version, score)
     return version
 

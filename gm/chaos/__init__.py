@@ -108,8 +108,9 @@ def stage_cmd(stage: str, *args: str) -> list[str]:
 def run_stage(root: Path, stage: str, *args: str, env: dict | None = None, timeout: float = 600,
               prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run a stage to its end in workspace `root` (optionally under a `prefix` such as `ip netns exec h0`)."""
+    # a session of its own: a fail point that kills the stage takes the Ray it started with it
     return subprocess.run((prefix or []) + stage_cmd(stage, *args), cwd=root, env=env or stage_env(root),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, start_new_session=True)
 
 
 def kill_when(cmd: list[str], cwd: Path, env: dict, ready: Callable[[], bool], timeout: float,
@@ -140,6 +141,58 @@ def last_line(text: str) -> str:
     """The last non-empty line of a process's output (where a stage prints `error: ...`)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+# ------------------------------------------------------------------------------ what a store holds
+
+
+def client(uri: str):
+    """An MLflow client of store `uri` (a workspace's sqlite:///.../mlflow.db, a server's http://...)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def versions(uri: str, name: str) -> list:
+    """Every registered version of model `name` in store `uri` (none when the model does not exist)."""
+    return list(client(uri).search_model_versions(f"name = '{name}'"))
+
+
+def champion_version(uri: str, name: str) -> str | None:
+    """The version the `champion` alias of `name` points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_model_version_by_alias(name, "champion").version
+    except MlflowException:
+        return None
+
+
+def runs(uri: str, experiment: str) -> list:
+    """Every run (any status) of MLflow experiment `experiment` in store `uri`."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return list(c.search_runs([exp.experiment_id], max_results=5000)) if exp is not None else []
+
+
+def registry_faults(uri: str, name: str, seeds: dict[int, int]) -> tuple[int, int, list[str]]:
+    """(lost, duplicated, problems) of registered model `name` when `seeds` maps each seed to the number of
+    versions it should have: versions missing or doubled per seed (gm.seed tag), a version without its
+    champion decision, a champion alias that points at no version."""
+    got = versions(uri, name)
+    lost = duplicated = 0
+    problems = []
+    for seed, want in seeds.items():
+        have = sum(v.tags.get("gm.seed") == str(seed) for v in got)
+        lost += max(0, want - have)
+        duplicated += max(0, have - want)
+    undecided = [v.version for v in got if "gm.champion_decision" not in v.tags]
+    if undecided:
+        problems.append(f"versions {', '.join(undecided)} without a champion decision")
+    champ = champion_version(uri, name)
+    if got and (champ is None or champ not in {v.version for v in got}):
+        problems.append(f"champion points at {champ}, not at a registered version")
+    return lost, duplicated, problems
 
 
 # ------------------------------------------------------------------------------ the table
