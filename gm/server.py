@@ -98,6 +98,10 @@ class Postgres:
             return self
         parent = self.data_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0 and subprocess.run(["runuser", "-u", self.os_user, "--", "test", "-x", str(parent.parent)],
+                                                capture_output=True).returncode != 0:
+            raise ServerError(f"PostgreSQL runs as user {self.os_user} (this process is root), who cannot enter "
+                              f"{parent.parent}: put the server's folder where that user can (e.g. under /srv)")
         write_text_private(self.password_file, secrets.token_urlsafe(24))
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         for p in (parent, self.data_dir, self.password_file):
@@ -273,22 +277,32 @@ class Team:
 
     server: MlflowServer
     postgres: Postgres | None
+    scratch: Path | None = None  # a throwaway PostgreSQL's folder, removed by stop()
 
     def stop(self) -> None:
         self.server.stop()
         if self.postgres is not None:
             self.postgres.stop()
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def start_team(state_dir: Path, *, host: str = LOOPBACK, port: int = 5000, pg_port: int = 5433,
                backend_uri: str | None = None, artifacts: str | None = None, auth: bool = False,
-               admin_password: str | None = None, workers: int = 2) -> Team:
-    """Start PostgreSQL (when no `backend_uri`) and the MLflow server on it; see the module's docstring."""
+               admin_password: str | None = None, workers: int = 2, throwaway: bool = False) -> Team:
+    """Start PostgreSQL (when no `backend_uri`) and the MLflow server on it; see the module's docstring.
+    `throwaway` (tests, `make chaos`): PostgreSQL's cluster goes in a fresh folder under the system's
+    temporary directory, which its own user can enter wherever `state_dir` is, and is removed by stop()."""
+    import tempfile
+
     state_dir = Path(state_dir).resolve()
     postgres = None
     auth_uri = None
+    scratch = Path(tempfile.mkdtemp(prefix="gm-postgres-")) if throwaway and backend_uri is None else None
+    if scratch is not None:
+        scratch.chmod(0o755)
     if backend_uri is None:
-        postgres = Postgres(state_dir / "postgres", pg_port).start()
+        postgres = Postgres((scratch or state_dir) / "postgres", pg_port).start()
         backend_uri = postgres.create_database("mlflow")
         if auth:
             auth_uri = postgres.create_database("mlflow_auth")
@@ -304,13 +318,13 @@ def start_team(state_dir: Path, *, host: str = LOOPBACK, port: int = 5000, pg_po
         settings = Auth(database_uri=auth_uri, password=admin_password)
     server = MlflowServer(backend_uri, artifacts or str(state_dir / "artifacts"), state_dir, host, port,
                           workers, settings)
+    team = Team(server, postgres, scratch)
     try:
         server.start()
     except BaseException:
-        if postgres is not None:
-            postgres.stop()
+        team.stop()
         raise
-    return Team(server, postgres)
+    return team
 
 
 def main(argv=None) -> None:

@@ -11,6 +11,7 @@ The tests run the same scenarios and assert on the same rows (tests/test_chaos*.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -193,6 +194,22 @@ def registry_faults(uri: str, name: str, seeds: dict[int, int]) -> tuple[int, in
     if got and (champ is None or champ not in {v.version for v in got}):
         problems.append(f"champion points at {champ}, not at a registered version")
     return lost, duplicated, problems
+
+
+def metric_points_lost(uri: str, root: Path, name: str) -> int:
+    """Points of a finished train stage's curves (val_score per step and seed, its history.json) that the
+    store lacks."""
+    history = json.loads(Layout(root).train(name).history.read_text())
+    c = client(uri)
+    lost = 0
+    for seed in sorted({h["seed"] for h in history}):
+        seed_runs = [r for r in runs(uri, "gm-chaos") if r.data.tags.get("gm.experiment") == name
+                     and r.data.tags.get("gm.seed") == str(seed) and r.info.status == "FINISHED"
+                     and r.data.tags.get("gm.workspace", "").endswith(str(root.resolve()))]
+        want = {int(h["step"]) for h in history if h["seed"] == seed and h.get("val_score") is not None}
+        have = {m.step for r in seed_runs for m in c.get_metric_history(r.info.run_id, "val_score")}
+        lost += len(want - have)
+    return lost
 
 
 # ------------------------------------------------------------------------------ the table

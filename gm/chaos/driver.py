@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gm.chaos import (GAN_RING8, Row, checkpoints, client, kill_when, registry_faults, run_stage, runs, scenario,
-                      stage_cmd, stage_env, tiny_params, versions, workspace)
+from gm.chaos import (GAN_RING8, Row, checkpoints, kill_when, metric_points_lost, registry_faults, run_stage, runs,
+                      scenario, stage_cmd, stage_env, tiny_params, versions, workspace)
 from gm.core.faults import ENV as FAILPOINT
 from gm.core.layout import Layout
 
@@ -59,21 +59,6 @@ def resumed_from(root: Path) -> dict[int, int]:
     return out
 
 
-def metric_points_lost(uri: str, root: Path) -> int:
-    """Curve points of the finished seed runs missing in MLflow (val_score per reported step)."""
-    history = json.loads(Layout(root).train(EXPERIMENT).history.read_text())
-    c = client(uri)
-    lost = 0
-    for r in runs(uri, "gm-chaos"):
-        seed = r.data.tags.get("gm.seed")
-        if r.data.tags.get("gm.experiment") != EXPERIMENT or seed is None or r.info.status != "FINISHED":
-            continue
-        want = {int(h["step"]) for h in history if str(h["seed"]) == seed and h.get("val_score") is not None}
-        have = {m.step for m in c.get_metric_history(r.info.run_id, "val_score")}
-        lost += len(want - have)
-    return lost
-
-
 @scenario("driver")
 def driver_killed(workdir: Path, uri: str | None = None) -> list[Row]:
     """Kill the train stage's driver mid-training (SIGKILL of its process group, Ray included); kill the next
@@ -107,7 +92,7 @@ def driver_killed(workdir: Path, uri: str | None = None) -> list[Row]:
         problems.append(f"{running} runs left RUNNING")
     if second.returncode != -9:
         problems.append(f"the fail point did not kill the second attempt (exit {second.returncode})")
-    points = metric_points_lost(store, root) if finished else 0
+    points = metric_points_lost(store, root, EXPERIMENT) if finished else 0
     steps_lost = sum(max(0, at_kill[s] - resumed.get(s, 0)) for s in SEEDS) if finished else 0
     error = "" if finished else f"; rerun failed: {r.stderr.strip().splitlines()[-1:]}"
     return [
