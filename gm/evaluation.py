@@ -17,7 +17,6 @@ models through `ModelSampler`, scikit-learn baselines (gm.baselines) as they are
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -30,6 +29,7 @@ import torch
 
 import gm.metrics  # noqa: F401  (importing the package registers every metric)
 from gm.core.config import bounded
+from gm.core.files import CorruptFile, read_json
 from gm.core.registry import METRICS, Metric
 from gm.data.io import read_meta, read_split
 from gm.data.dataspec import DataSpec
@@ -107,6 +107,8 @@ def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
 
 
 def load_sampler(model_dir: Path, params: EvaluateParams) -> ModelSampler:
+    """The exported model in `model_dir` as an Evaluable (gm.models.base.load_model: weights_only, and a
+    damaged folder is a CorruptFile naming the file and the stage that exports it again)."""
     return ModelSampler(with_eval_bound(load_model(model_dir), params.iwae_k))
 
 
@@ -139,9 +141,13 @@ PIXELS = "pixels"
 def load_feature_space(directory: Path) -> FeatureSpace:
     """The featurize stage's output: a featurizer (labelled images) or pixel space (anything else)."""
     marker = Path(directory) / "space.json"
+    rerun = f"run the featurize stage (dvc repro featurize@{Path(directory).name})"
     if not marker.is_file():
-        raise FileNotFoundError(f"{marker}: missing; run the featurize stage (dvc repro featurize@{Path(directory).name})")
-    if json.loads(marker.read_text()).get("space") == PIXELS:
+        raise FileNotFoundError(f"{marker}: missing; {rerun}")
+    space = read_json(marker, f"{rerun} again")
+    if not isinstance(space, dict):
+        raise CorruptFile(marker, f"expected a JSON object, got {type(space).__name__}", f"{rerun} again")
+    if space.get("space") == PIXELS:
         return FeatureSpace(hash=PIXELS)
 
     net, digest = load_featurizer(Path(directory) / "model")

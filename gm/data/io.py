@@ -7,11 +7,16 @@ Layout of one prepared dataset folder::
     meta.json                                  kind, shape, levels, classes, split sizes, hashes ...
 
 Files are byte-for-byte reproducible: the same input and seed give the same bytes (no
-timestamps anywhere), so DVC sees an unchanged output as unchanged.
+timestamps anywhere), so DVC sees an unchanged output as unchanged. meta.json records each
+split's sha256, checked whenever a split is read (`read_split`) or vetted before training
+(`check_split`): a truncated, garbled or silently altered split, or a damaged meta.json, is a
+one-line CorruptFile naming the file and the stage that rebuilds it, never a reader's traceback
+or wrong numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -22,11 +27,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gm.data.dataspec import DataSpec
-from gm.core.files import atomic_write
+from gm.core.files import CorruptFile, atomic_write, first_line, parse_json, sha256_file
 
 SPLITS = ("train", "val", "test")
 META = "meta.json"
 _RUN_PREPARE = "run the prepare stage (dvc repro prepare)"
+PARQUET_MAGIC = b"PAR1"  # a Parquet file starts and ends with it (the footer's length precedes the last)
+
+
+def rebuild(data_dir: str | Path) -> str:
+    """What to do about a damaged file of a prepared dataset: rebuild the dataset's folder."""
+    return f"run `dvc repro -f prepare@{Path(data_dir).name}` to rebuild it"
 
 
 def split_schema(shape: Sequence[int], labelled: bool) -> pa.Schema:
@@ -111,11 +122,13 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
     parts = split_indices(len(x), y, seed, val_fraction, test_fraction)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    hashes = {}
     for split, idx in parts.items():
         table = to_table(x[idx], y[idx] if y is not None else None)
         # fixed writer options: the bytes depend only on the data (and pyarrow's version)
-        atomic_write(out_dir / f"{split}.parquet", lambda p: pq.write_table(
+        path = atomic_write(out_dir / f"{split}.parquet", lambda p: pq.write_table(
             table, p, compression="zstd", write_statistics=False, store_schema=True))
+        hashes[split] = sha256_file(path)
 
     schema = split_schema(x.shape[1:], y is not None)
     meta = {
@@ -133,6 +146,7 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
         "test_fraction": test_fraction,
         "modes": info.get("modes"),
         "schema": {f.name: str(f.type) for f in schema},
+        "sha256": hashes,  # of each split's file: readers catch a truncated or altered split
     }
     if info.get("class_names"):
         meta["class_names"] = list(info["class_names"])
@@ -142,19 +156,27 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
 
 
 def read_meta(data_dir: str | Path) -> dict:
-    """A prepared dataset's meta.json."""
+    """A prepared dataset's meta.json; CorruptFile when it is not the JSON object prepare wrote."""
     path = Path(data_dir) / META
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found; {_RUN_PREPARE}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); {_RUN_PREPARE} again") from None
+    meta = parse_json(path, path.read_bytes(), rebuild(data_dir))
+    if not isinstance(meta, dict):
+        raise CorruptFile(path, f"expected a JSON object, got {type(meta).__name__}", rebuild(data_dir))
+    missing = [k for k in ("kind", "shape") if k not in meta]
+    if missing:
+        raise CorruptFile(path, f"not a prepared dataset's meta.json (no {', '.join(missing)})", rebuild(data_dir))
+    return meta
 
 
 def data_spec(data_dir: str | Path) -> DataSpec:
     """The DataSpec (kind, shape, classes, levels) of a prepared dataset."""
-    return DataSpec.from_dict(read_meta(data_dir))
+    meta = read_meta(data_dir)
+    try:
+        return DataSpec.from_dict(meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptFile(Path(data_dir) / META, f"not a valid data description ({first_line(e)})",
+                          rebuild(data_dir)) from None
 
 
 def arrow_to_numpy(batch: pa.Table | pa.RecordBatch, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -179,22 +201,93 @@ def arrow_to_numpy(batch: pa.Table | pa.RecordBatch, shape: Sequence[int]) -> tu
     return x, y
 
 
-def read_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """One split of a prepared dataset as (x float32 (N, *shape), y int64 or None)."""
+def split_path(data_dir: str | Path, split: str) -> Path:
+    """The Parquet file of one split; FileNotFoundError naming the stage to run when it is not there."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-    data_dir = Path(data_dir)
-    path = data_dir / f"{split}.parquet"
+    path = Path(data_dir) / f"{split}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found; {_RUN_PREPARE}")
-    meta = read_meta(data_dir)
+    return path
+
+
+def _frame_problem(head: bytes, tail: bytes, size: int) -> str | None:
+    """What a Parquet file's first and last bytes already say is wrong with it, or None."""
+    if size == 0:
+        return "empty"
+    if head[:4] != PARQUET_MAGIC:
+        return "no PAR1 header: garbled, or not Parquet"
+    if size < 12 or tail[-4:] != PARQUET_MAGIC:
+        return f"truncated: no footer after {size} bytes"
+    return None
+
+
+def _unreadable(path: Path, problem: str) -> CorruptFile:
+    return CorruptFile(path, f"not a readable Parquet file ({problem})", rebuild(path.parent))
+
+
+def _check_schema(path: Path, schema: pa.Schema, meta: dict) -> None:
     expected = split_schema(meta["shape"], meta.get("classes") is not None)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path}: unreadable Parquet ({str(e).splitlines()[0]}); {_RUN_PREPARE} again") from None
-    if not table.schema.equals(expected, check_metadata=False):
-        got = ", ".join(f"{f.name}: {f.type}" for f in table.schema)
+    if not schema.equals(expected, check_metadata=False):
+        got = ", ".join(f"{f.name}: {f.type}" for f in schema)
         want = ", ".join(f"{f.name}: {f.type}" for f in expected)
-        raise ValueError(f"{path}: schema ({got}) does not match meta.json; expected ({want})")
+        raise CorruptFile(path, f"schema ({got}) does not match meta.json; expected ({want})",
+                          rebuild(path.parent))
+
+
+def _check_hash(path: Path, digest: str, meta: dict, split: str) -> None:
+    """A split whose bytes are not those prepare wrote (meta.json's sha256; prepared data from before it was
+    recorded is not checked): a flipped bit in a data page can decode as plausible numbers, so a file that
+    parses must still be the one prepare wrote."""
+    recorded = (meta.get("sha256") or {}).get(split)
+    if recorded is not None and digest != recorded:
+        raise CorruptFile(path, f"contents differ from the sha256 in meta.json ({digest[:12]}…, recorded "
+                                f"{str(recorded)[:12]}…: garbled or altered since it was prepared)", rebuild(path.parent))
+
+
+def read_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """One split of a prepared dataset as (x float32 (N, *shape), y int64 or None). The file is read
+    once: parsed from the bytes that are also hashed against meta.json."""
+    path = split_path(data_dir, split)
+    meta = read_meta(data_dir)
+    data = path.read_bytes()
+    problem = _frame_problem(data[:4], data[-4:], len(data))
+    if problem:
+        raise _unreadable(path, problem)
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, f"garbled: {first_line(e)}") from None
+    _check_schema(path, table.schema, meta)
+    _check_hash(path, hashlib.sha256(data).hexdigest(), meta, split)
     return arrow_to_numpy(table, meta["shape"])
+
+
+def check_split(data_dir: str | Path, split: str, meta: dict | None = None) -> None:
+    """Vet a split without loading it (a driver does this before Ray starts, for data streamed to the
+    workers by Ray Data as well as data it loads): its frame and footer, its schema, and its sha256
+    against meta.json, hashed in chunks; prepared data without a recorded hash is decoded once instead.
+    A CorruptFile naming the file on any damage."""
+    path = split_path(data_dir, split)
+    meta = read_meta(data_dir) if meta is None else meta
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, size - 4))
+        tail = f.read(4)
+    problem = _frame_problem(head, tail, size)
+    if problem:
+        raise _unreadable(path, problem)
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, f"garbled footer: {first_line(e)}") from None
+    _check_schema(path, parquet.schema_arrow, meta)
+    if (meta.get("sha256") or {}).get(split) is not None:
+        _check_hash(path, sha256_file(path), meta, split)
+        return
+    try:
+        for _ in parquet.iter_batches(batch_size=65536):
+            pass
+    except (pa.ArrowException, OSError) as e:
+        raise _unreadable(path, f"garbled: {first_line(e)}") from None

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gm.core.config import build, to_dict
+from gm.core.files import CorruptFile, atomic_write, first_line, load_tensors, read_json, sha256_file
 from gm.data.dataspec import DataSpec
 from gm.core.registry import FAMILIES
 
@@ -193,30 +194,78 @@ def build_model(family: str, config, data: DataSpec) -> GenerativeModel:
 
 
 def save_model(model: GenerativeModel, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write config.json (family, config, data spec) and weights.pt; enough to rebuild anywhere."""
+    """Write weights.pt, then config.json (family, config, data spec, the weights' sha256); enough to
+    rebuild anywhere. Each file is written whole or not at all; the recorded hash lets `load_model` catch
+    weights altered since (a flipped bit in a tensor loads without complaint otherwise)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    weights = atomic_write(directory / "weights.pt", lambda p: torch.save(model.state_dict(), p))
     meta = {
+        **(extra or {}),
         "family": model.registry_name,
         "config": to_dict(model.config),
         "data": model.data.to_dict(),
         "likelihood": model.likelihood,
-        **(extra or {}),
+        "weights_sha256": sha256_file(weights),
     }
-    (directory / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    torch.save(model.state_dict(), directory / "weights.pt")
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    atomic_write(directory / "config.json", lambda p: p.write_text(text))
     return directory
 
 
-def load_model(directory: str | Path, map_location: str = "cpu") -> GenerativeModel:
+def model_remedy(directory: str | Path) -> str:
+    """What to do about a damaged model folder, from where it lies: the stage that exports it again, or,
+    inside a Ray Train checkpoint, a fresh start of that run (Ray cannot resume from an earlier one)."""
     directory = Path(directory)
+    if directory.parent.name == "models" and directory.name.startswith("seed-"):  # artifacts/train/<exp>/models/
+        return f"run `dvc repro -f train@{directory.parent.parent.name}` to train and export it again"
+    if directory.name == "model" and directory.parent.parent.name == "tune":  # artifacts/tune/<sweep>/model
+        return f"run `dvc repro -f tune@{directory.parent.name}` to tune and export it again"
+    if directory.parent.name.startswith("checkpoint_"):
+        return checkpoint_remedy(directory.parent)
+    return "save the model again (gm.models.base.save_model)"
+
+
+def checkpoint_remedy(checkpoint: str | Path) -> str:
+    """What to do about a damaged Ray Train checkpoint: its run cannot resume from it (Ray resumes from
+    its latest checkpoint only, and refuses a run whose recorded checkpoints are missing), so the run
+    starts afresh: remove its folder (that run only), or run the stage with --fresh (every run)."""
+    run = Path(checkpoint).parent
+    return f"this run cannot resume from it: remove {run} (or run the stage with --fresh) to train it from step 0"
+
+
+def load_model(directory: str | Path, map_location: str = "cpu", remedy: str | None = None) -> GenerativeModel:
+    """Rebuild a model saved by `save_model`, in eval mode. Its weights load with weights_only=True
+    (gm.core.files.load_tensors: stored code never runs). FileNotFoundError when a file is missing;
+    CorruptFile naming the file when config.json is garbled or not a model config, weights.pt is
+    truncated, garbled or holds anything but tensors, or the weights do not fit the config; `remedy`
+    (default: from where the folder lies, `model_remedy`) says what to do."""
+    directory = Path(directory)
+    remedy = model_remedy(directory) if remedy is None else remedy
     meta_path = directory / "config.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: missing; expected a model saved by gm.models.base.save_model")
-    meta = json.loads(meta_path.read_text())
-    family = FAMILIES.get_or_fail(meta["family"], str(meta_path))
-    config = build(family.config_cls, meta["config"], f"{meta_path}:config")
-    model = family.from_config(config, DataSpec.from_dict(meta["data"]))
-    model.load_state_dict(torch.load(directory / "weights.pt", map_location=map_location, weights_only=True))
+        raise FileNotFoundError(f"{meta_path}: missing; expected a model saved by gm.models.base.save_model; "
+                                f"{remedy}")
+    meta = read_json(meta_path, remedy)
+    try:
+        family = FAMILIES.get_or_fail(meta["family"], "family")
+        config = build(family.config_cls, meta["config"], "config")
+        model = family.from_config(config, DataSpec.from_dict(meta["data"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # ConfigError is a ValueError
+        said = str(e.args[0]) if isinstance(e, KeyError) and e.args else first_line(e)
+        why = f"no {said!r}" if isinstance(e, KeyError) and " " not in said else said  # a missing key, or a message
+        raise CorruptFile(meta_path, f"not a gm model config ({why})", remedy) from None
+    weights = directory / "weights.pt"
+    state = load_tensors(weights, remedy, map_location)
+    recorded = meta.get("weights_sha256")  # folders saved before it was recorded are not checked
+    if recorded is not None and sha256_file(weights) != recorded:
+        raise CorruptFile(weights, "contents differ from the sha256 in config.json (garbled or altered since "
+                                   "it was saved)", remedy)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(e).__name__)
+        raise CorruptFile(weights, f"weights do not fit the config in config.json ({detail[:160]})", remedy) from None
     model.eval()
     return model

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gm.core.config import ConfigError
+from gm.core.files import CorruptFile, parse_json
 from gm.training.experiment import ExperimentConfig
-from gm.data.io import data_spec, read_split
-from gm.training.loop import train_loop_per_worker
-from gm.models.base import build_model
+from gm.data.io import check_split, data_spec, read_meta, read_split
+from gm.training.loop import load_checkpoint, train_loop_per_worker
+from gm.models.base import build_model, checkpoint_remedy, load_model
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,26 @@ def scaling_config(exp: ExperimentConfig):
     return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources)
 
 
+TRAINING_SPLITS = ("train", "val")  # what a fit reads: the workers' batches, and rank 0's validation
+
+
+def check_inputs(data_dir: Path) -> None:
+    """The prepared data a fit reads, vetted in the driver before Ray starts: meta.json and the train and
+    val splits (frame, footer, schema, sha256; gm.data.io.check_split), whether the workers get them from
+    the object store or stream them through Ray Data. A damaged file is a one-line CorruptFile naming it,
+    not an ArrowInvalid traceback from a Ray Data task or a worker."""
+    meta = read_meta(data_dir)
+    for split in TRAINING_SPLITS:
+        check_split(data_dir, split, meta)
+
+
 def check_buildable(exp: ExperimentConfig, data_dir: Path) -> None:
-    """Build the experiment's model once on its prepared data, in the driver and before Ray starts:
-    a config that does not fit the data (image-only options on a toy, too many squeezes for the
-    image, variational dequantization of continuous data) is a ConfigError naming the field,
-    not a traceback from a Ray worker."""
+    """Vet the experiment's inputs (`check_inputs`) and build its model once on its prepared data, in the
+    driver and before Ray starts: a damaged split or meta.json is a CorruptFile naming the file, and a
+    config that does not fit the data (image-only options on a toy, too many squeezes for the image,
+    variational dequantization of continuous data) a ConfigError naming the field, not a traceback
+    from a Ray worker."""
+    check_inputs(data_dir)
     try:
         build_model(exp.family, exp.model, data_spec(data_dir))
     except ConfigError as e:
@@ -136,11 +152,14 @@ def select_checkpoint(result, select: str = "best"):
 
 
 def export_checkpoint(checkpoint, dest: Path) -> Path:
-    """The model folder of a checkpoint (local or on remote storage), copied to `dest`."""
+    """The model folder of a checkpoint (local or on remote storage), copied to `dest` once it loads
+    (weights_only): a damaged checkpoint is a CorruptFile naming its file, never a copied, registered
+    model that cannot load."""
     dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
     with checkpoint.as_directory() as d:
+        load_model(Path(d) / "model")
+        if dest.exists():
+            shutil.rmtree(dest)
         shutil.copytree(Path(d) / "model", dest)
     return dest
 
@@ -219,12 +238,29 @@ def _write_record(storage: str, name: str, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True).encode())
 
 
+def resumes(storage: str, name: str, definition: str, fresh: bool = False) -> bool:
+    """Whether `start_or_resume` would resume run storage/name: an unfinished run of the same definition."""
+    record = None if fresh else _read_record(storage, name)
+    return record is not None and record.get("definition") == definition and not record.get("completed")
+
+
+def check_runs(storage: str, names: list[str], definition: str, fresh: bool = False) -> None:
+    """Before Ray starts: each run that `start_or_resume` will resume loads from its latest checkpoint
+    (`check_resumable`), so a damaged checkpoint stops the stage in the driver, in one line, with no Ray to
+    start and stop; nothing is cleared or recorded here."""
+    for name in names:
+        if resumes(storage, name, definition, fresh):
+            check_resumable(storage, name)
+
+
 def start_or_resume(storage: str, name: str, definition: str, fresh: bool = False) -> bool:
     """True (resume) when storage/name holds an unfinished run of the same `definition` (a stage whose
     driver was killed) and not `fresh`; otherwise the folder is cleared, the new definition recorded,
-    and False."""
-    record = None if fresh else _read_record(storage, name)
-    if record is not None and record.get("definition") == definition and not record.get("completed"):
+    and False. A run to resume must load from its latest checkpoint (`check_resumable`): a damaged
+    checkpoint is a CorruptFile naming the file and saying how to start that run afresh; it is never
+    skipped silently."""
+    if resumes(storage, name, definition, fresh):
+        check_resumable(storage, name)
         return True
     clear_run(storage, name)
     _write_record(storage, name, {"definition": definition, "completed": False})
@@ -237,21 +273,108 @@ def mark_completed(storage: str, name: str) -> None:
     _write_record(storage, name, {**record, "completed": True})
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints, and its latest
+
+
+def latest_checkpoint(storage: str, name: str) -> str | None:
+    """The folder of the checkpoint Ray Train would resume run storage/name from (the latest its
+    snapshot records), or None when the run has no snapshot (Train then starts from step 0) or no checkpoint
+    yet. A snapshot that is not valid JSON (Ray writes it in place) is a CorruptFile, a recorded checkpoint
+    that is gone a FileNotFoundError: Ray could not resume from either."""
+    import pyarrow.fs
+
+    fs, root = storage_fs(storage)
+    run = f"{root.rstrip('/')}/{name}"
+    path = f"{run}/{SNAPSHOT}"
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(path) as f:
+        snapshot = parse_json(path, f.read(), checkpoint_remedy(f"{run}/latest"))
+    try:
+        latest = snapshot["latest_checkpoint_result"]
+        recorded = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
+        name_of_latest = None if latest is None else latest["checkpoint_dir_name"]
+    except (KeyError, TypeError) as e:
+        raise CorruptFile(path, f"not a Ray Train checkpoint snapshot (no {e})",
+                          checkpoint_remedy(f"{run}/latest")) from None
+    for dir_name in recorded:  # Ray refuses to resume a run whose recorded checkpoints are not all there
+        if fs.get_file_info(f"{run}/{dir_name}").type == pyarrow.fs.FileType.NotFound:
+            raise FileNotFoundError(f"{run}/{dir_name}: checkpoint not found, though the run's {SNAPSHOT} records "
+                                    f"it; {checkpoint_remedy(f'{run}/{dir_name}')}")
+    return None if name_of_latest is None else f"{run}/{name_of_latest}"
+
+
+def check_resumable(storage: str, name: str) -> None:
+    """Load run storage/name's latest checkpoint in the driver, every file of it (gm.training.loop.
+    load_checkpoint, weights_only), before Ray resumes the run from it: a damaged checkpoint is a one-line
+    CorruptFile naming the file, instead of a traceback from a worker (retried `max_failures` times)."""
+    import pyarrow.fs
+
+    latest = latest_checkpoint(storage, name)
+    if latest is None:
+        return
+    fs, _ = storage_fs(storage)
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        load_checkpoint(Path(latest))
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:  # remote storage: the files the worker would download
+        pyarrow.fs.copy_files(latest, d, source_filesystem=fs)
+        try:
+            load_checkpoint(Path(d))
+        except CorruptFile as e:  # name the stored file, not the temporary copy
+            raise CorruptFile(e.path.replace(d, latest, 1), e.problem, checkpoint_remedy(latest)) from None
+
+
 def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: bool = False) -> TrainOutcome:
     """Train one experiment under Ray Train; the outcome points at the checkpoint `train.select` picks.
 
     A fresh run unless `resume`: then an interrupted run of the same name continues
-    from its latest checkpoint (worker failures inside a run recover either way).
+    from its latest checkpoint (worker failures inside a run recover either way), once it loads here
+    (`check_resumable`). A damaged file that a worker meets anyway comes back as its own CorruptFile.
     """
-    if not resume:
+    if resume:
+        check_resumable(storage, name)
+    else:
         clear_run(storage, name)
     started, t0 = time.time(), time.perf_counter()
     trainer = make_trainer(exp, data_dir, storage, name)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()  # Train V2 raises the run's error (a TrainingFailedError) rather than return it
+    except Exception as e:
+        damaged = corrupt_cause(e)
+        if damaged is not None:  # a file a worker read is damaged: its one line, not Ray's wrapped traceback
+            raise damaged from None
+        raise
     wall = time.perf_counter() - t0
     if result.error is not None:
+        damaged = corrupt_cause(result.error)
+        if damaged is not None:
+            raise damaged from None
         raise RuntimeError(f"experiment {exp.name}: training failed: {result.error}") from result.error
     return outcome_from_result(result, wall, exp.train.select, started)
+
+
+def corrupt_cause(error: BaseException | None, seen: set | None = None) -> CorruptFile | None:
+    """The CorruptFile behind a failed fit, if one is: Ray Train V2 reports a worker's exception as a
+    WorkerGroupError (TrainingFailedError) holding each failed rank's exception in `worker_failures`, a
+    controller's as a ControllerError's `controller_failure`; Tune wraps them again, and each may carry
+    its own cause or context, or a UserExceptionWithTraceback's `_base_exc`."""
+    seen = set() if seen is None else seen
+    if error is None or id(error) in seen:
+        return None
+    seen.add(id(error))
+    if isinstance(error, CorruptFile):
+        return error
+    inner = [*(getattr(error, "worker_failures", None) or {}).values(), getattr(error, "controller_failure", None),
+             getattr(error, "_base_exc", None), getattr(error, "cause", None), error.__cause__, error.__context__]
+    for e in inner:
+        if isinstance(e, BaseException):
+            found = corrupt_cause(e, seen)
+            if found is not None:
+                return found
+    return None
 
 
 def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: str,

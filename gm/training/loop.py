@@ -23,11 +23,12 @@ import torch.distributed as dist
 
 from gm.data.io import read_split
 from gm.data.dataspec import DataSpec
-from gm.models.base import build_model, load_model, save_model
+from gm.models.base import GenerativeModel, build_model, checkpoint_remedy, load_model, save_model
 from gm.training.engine import Diverged, Stepper, run_steps, sync_initial_state
 from gm.training.experiment import experiment_from_dict
 from gm.training.validate import validation_scores
 from gm.core.dist import world
+from gm.core.files import CorruptFile, first_line, load_tensors, read_json
 from gm.core.timing import Phases
 from gm.data.io import arrow_to_numpy
 
@@ -112,14 +113,37 @@ def write_checkpoint(directory: Path, model, stepper: Stepper, step: int, metric
     (directory / "history.json").write_text(json.dumps(history))  # the curve so far: a resumed run keeps it
 
 
-def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, float, list[dict]]:
-    """(step, best validation score, history up to that step) of a checkpoint, its state loaded."""
-    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(load_model(directory / "model").state_dict())
-    stepper.load_state_dict(state)
+def load_checkpoint(directory: Path, remedy: str | None = None) -> tuple[dict, GenerativeModel, list[dict]]:
+    """(state, model, history) of a checkpoint: every file a resumed run reads, each checked, so a damaged
+    one is a CorruptFile naming it (`remedy`: default gm.models.base.checkpoint_remedy), never a traceback
+    from inside the loop. state.pt and the model's weights load with weights_only=True: a checkpoint is
+    data, and one holding pickled objects (code) is refused, not run. The driver calls this before it
+    lets Ray resume a run (gm.training.driver.check_resumable); the worker again when it resumes."""
+    directory = Path(directory)
+    remedy = checkpoint_remedy(directory) if remedy is None else remedy
+    state_path = directory / "state.pt"
+    state = load_tensors(state_path, remedy)
+    if not isinstance(state, dict) or not {"step", "best"} <= state.keys():
+        raise CorruptFile(state_path, "not a gm checkpoint's state (expected a dict with step and best)", remedy)
+    model = load_model(directory / "model", remedy=remedy)
     hist = directory / "history.json"
-    history = json.loads(hist.read_text()) if hist.is_file() else []
-    return int(state["step"]), float(state["best"]), history
+    history = read_json(hist, remedy) if hist.is_file() else []
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CorruptFile(hist, "not a curve (expected a list of metric records)", remedy)
+    return state, model, history
+
+
+def read_checkpoint(directory: Path, model, stepper: Stepper) -> tuple[int, float, list[dict]]:
+    """(step, best validation score, history up to that step) of a checkpoint, its state loaded into
+    `model` and `stepper`; a CorruptFile when a file is damaged or the state does not fit them."""
+    state, saved, history = load_checkpoint(directory)
+    try:
+        model.load_state_dict(saved.state_dict())
+        stepper.load_state_dict(state)
+        return int(state["step"]), float(state["best"]), history
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise CorruptFile(Path(directory) / "state.pt", f"does not fit this run's model and optimizers "
+                          f"({first_line(e)})", checkpoint_remedy(directory)) from None
 
 
 # ----------------------------------------------------------------------- worker entry
