@@ -33,6 +33,9 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
+# MLflow reports usage to its makers over the internet unless told not to: nothing here leaves the machine
+OFFLINE_ENV = (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"))
+
 
 def write_text_private(path: Path, text: str) -> None:
     """Write a secret (a password, a config naming one) readable by its owner only."""
@@ -168,6 +171,9 @@ default_permission = {permission}
 database_uri = {database_uri}
 admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# a password is checked (PBKDF2, ~0.1 s) once a minute per worker instead of on every request: a model's
+# upload is a request per file
+auth_cache_ttl_seconds = 60
 """
 
 
@@ -211,12 +217,17 @@ class MlflowServer:
         cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--artifacts-destination", self.artifacts,
                "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
         # the store's URL carries its password: through the environment, not the command line `ps` shows
-        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri}
+        env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri, **dict(OFFLINE_ENV)}
         if self.auth is not None:
             cmd += ["--app-name", "basic-auth"]
             ini = self.state_dir / "basic_auth.ini"
             write_text_private(ini, AUTH_INI.format(permission=self.auth.permission,
                                                     database_uri=self.auth.database_uri, admin=self.auth.admin))
+            # the auth app's CSRF protection signs with a key every worker must share (kept across restarts)
+            secret = self.state_dir / "flask.secret"
+            if not secret.exists():
+                write_text_private(secret, secrets.token_urlsafe(32))
+            env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secret.read_text().strip())
             env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=self.auth.password)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -120,7 +120,9 @@ def setup(params: MlflowParams, root: Path) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay readable
-    for k, v in HTTP_DEFAULTS:
+    from gm.server import OFFLINE_ENV
+
+    for k, v in HTTP_DEFAULTS + OFFLINE_ENV:
         os.environ.setdefault(k, v)
     uri = tracking_uri(params, root)
     check_server(uri)

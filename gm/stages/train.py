@@ -18,7 +18,7 @@ from gm.training.experiment import ExperimentConfig
 from gm.core.files import write_json
 from gm.core.layout import Layout
 from gm.models.base import load_model
-from gm.training.driver import TrainOutcome, check_buildable, fit_many, mark_completed, start_or_resume
+from gm.training.driver import TrainOutcome, check_buildable, check_runs, fit_many, mark_completed, start_or_resume
 from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import reported_metric
 from gm.core import timing
@@ -50,7 +50,8 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
             model_dir = outcome.export(dest)
             model = load_model(model_dir)
         metric = reported_metric(outcome.metrics)
-        resumed_from = max([int(h.get("resumed_from_step", 0)) for h in outcome.history] or [0])
+        resumed_from = max([int(h.get("resumed_from_step") or 0) for h in outcome.history] +
+                           [outcome.resumed_from or 0])  # a run resumed at its last step adds no entry
         row = {
             "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.metrics["step"]),
             "resumed_from_step": resumed_from,
@@ -85,19 +86,20 @@ def train(name: str, root: Path, fresh: bool = False) -> dict:
     params = stage.params(root)
     exp = params.experiment(name)
     data_dir = stage.prepared_dir(exp.dataset, root)
-    with phase("check"):
-        check_buildable(exp, data_dir)  # before Ray starts
+    runs = seed_runs(exp)
+    storage = storage_path(params.ray, root)
+    defined = definition(exp, data_dir, root)
+    with phase("check"):  # before Ray starts: the data, the model's config, the checkpoints to resume from
+        check_buildable(exp, data_dir)
+        check_runs(storage, [run_name for _, run_name in runs], defined, fresh)
     out = Layout(root).train(name)
+    with phase("mlflow_setup"):  # first: a tracking server that does not answer stops the stage before Ray starts
+        tracking.setup(params.mlflow, root)
     with phase("ray_start"):
         init_ray(params.ray)
-    with phase("mlflow_setup"):
-        tracking.setup(params.mlflow, root)
     tags = tracking.stage_tags("train", name, root, exp.dataset, **{"gm.family": exp.family})
-    runs = seed_runs(exp)
     with tracking.run(f"train/{name}", tags) as parent:
         tracking.log_params(exp.to_dict())
-        storage = storage_path(params.ray, root)
-        defined = definition(exp, data_dir, root)
         resumed = [start_or_resume(storage, run_name, defined, fresh) for _, run_name in runs]
         tracking.log_params({"resumed_seeds": ",".join(str(e.train.seed) for (e, _), r in zip(runs, resumed) if r)
                              or "none"})

@@ -89,10 +89,10 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
         check_pbt_space(sweep, exp, data_spec(data_dir), f"tune.sweeps.{name}")
     out = Layout(root).tune(name)
     storage = storage_path(params.ray, root)
+    with phase("mlflow_setup"):  # first: a tracking server that does not answer stops the stage before Ray starts
+        tracking.setup(params.mlflow, root)
     with phase("ray_start"):
         init_ray(params.ray)
-    with phase("mlflow_setup"):
-        tracking.setup(params.mlflow, root)
     tags = tracking.stage_tags("tune", name, root, exp.dataset, **{"gm.family": exp.family})
     with tracking.run(f"tune/{name}", tags) as parent:
         tracking.log_params({"sweep": to_dict(sweep), "experiment": exp.to_dict()})

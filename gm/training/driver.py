@@ -118,6 +118,9 @@ class TrainOutcome:
     worker_seconds: float  # rank 0's loop function from entry to return (steps, validation, checkpoints)
     run_path: str
     nodes: list[str] = field(default_factory=list)  # Ray node of each rank
+    # the step this attempt's workers started from: a checkpoint's (a killed driver's run continued, or a
+    # worker group restarted after a failure) or None from scratch
+    resumed_from: int | None = None
     # where the fit's time went, seconds: worker_start (fit() called -> rank 0 in the loop function: Train's
     # controller, placement, worker processes, process group), rank 0's setup, data, steps, validation,
     # checkpoint (write + report), and teardown (loop function returned -> fit() returned)
@@ -194,7 +197,7 @@ def outcome_from_result(result, wall_seconds: float, select: str = "best", start
         diverged=ret.get("diverged"), wall_seconds=wall_seconds,
         train_seconds=float(ret.get("train_seconds") or 0.0),
         worker_seconds=float(ret.get("worker_seconds") or 0.0), run_path=result.path,
-        nodes=list(ret.get("nodes") or []),
+        nodes=list(ret.get("nodes") or []), resumed_from=ret.get("resumed_from"),
         phases=fit_phases(ret, started, started + wall_seconds) if started is not None else {},
     )
 

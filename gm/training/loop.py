@@ -224,7 +224,7 @@ def train_loop_per_worker(config: dict) -> dict:
         return {"history": history if rank == 0 else [], "diverged": diverged,
                 "train_seconds": phases.seconds.get("steps", 0.0),
                 "worker_seconds": time.perf_counter() - entered, "nodes": nodes, "phases": phases.snapshot(),
-                "entered": entered_wall, "left": time.time()}
+                "entered": entered_wall, "left": time.time(), "resumed_from": resumed_from}
 
     step = start
     while step < tp.steps:
