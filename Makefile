@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: run test test-fast ui bench setup data clean help profile server chaos
+.PHONY: run test test-fast test-chaos ui bench setup data clean help profile server chaos
 
 help:
 	@echo "make run    - set up .venv, materialise data/, run the DVC pipeline (prepare, train, tune, evaluate, report)"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make test-fast - the suite without Ray, MLflow server or DVC runs (minutes)"
+	@echo "make test-chaos - the fault scenarios as tests (the slower tier CI runs after make test)"
 	@echo "make ui     - serve the MLflow UI on http://127.0.0.1:$(PORT)"
 	@echo "make bench  - print per-stage and Ray Train overhead figures"
 	@echo "make server - a team's MLflow tracking server on PostgreSQL, http://127.0.0.1:$(PORT) (ARGS=--auth ...)"
@@ -36,7 +37,12 @@ run: data
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -m "not chaos" tests
+
+# the slower tier: every fault scenario of `make chaos` as a test (killed driver, node and tracking server,
+# two clones on one server, corrupt files); CI runs it after make test
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 --durations=10 -m chaos tests
 
 # everything but the tests that start Ray or an MLflow server or run DVC (marked integration), on both cores;
 # make test stays on one process: Ray's tests are slower beside a second worker than after it

@@ -375,6 +375,7 @@ def test_a_worker_that_meets_a_damaged_checkpoint_fails_the_fit_with_its_one_lin
 
 
 @pytest.mark.integration
+@pytest.mark.chaos
 def test_every_damaged_file_stops_its_stage_with_one_line_and_registers_nothing(tmp_path):
     from gm.chaos.files import corrupt
 

@@ -94,8 +94,8 @@ def stops_mid_stage(workdir: Path, team: Team) -> Row:
     r = run_stage(root, "train", name, env=env)
     finished = r.returncode == 0
     per_seed = json.loads(Layout(root).train(name).metrics.read_text())["per_seed"] if finished else {}
-    steps_lost = sum(max(0, done_before[s] - int(per_seed[str(s)]["resumed_from_step"] or done_before[s]))
-                     for s in seeds) if finished else 0
+    steps_lost = sum(max(0, done_before[s] - int(per_seed[str(s)]["resumed_from_step"])) for s in seeds) \
+        if finished else 0
     lost, duplicated, problems = registry_faults(uri, f"gm-gan-{dataset}", {s: 1 for s in seeds})
     ours = [x for x in runs(uri, "gm-chaos") if x.data.tags.get("gm.experiment") == name]
     running = sum(x.info.status == "RUNNING" for x in ours)
