@@ -87,7 +87,9 @@ def unavailable(error: BaseException) -> str | None:
     refused the credentials; None for every other error."""
     from mlflow.exceptions import MlflowException
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -126,8 +128,17 @@ def setup(params: MlflowParams, root: Path) -> str:
         os.environ.setdefault(k, v)
     uri = tracking_uri(params, root)
     check_server(uri)
+    # MLflow also exports what it is set to as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would then
+    # outrank params for every later setup() of this process (another root's, in one test session) and
+    # leak into the processes it starts: the variables are put back as the user left them
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     exp = mlflow.get_experiment_by_name(params.experiment)
     if exp is not None:
         exp_id = exp.experiment_id
