@@ -31,10 +31,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from gm.tracking import OFFLINE_ENV
 
-# MLflow reports usage to its makers over the internet unless told not to: nothing here leaves the machine
-OFFLINE_ENV = (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"))
+LOOPBACK = "127.0.0.1"
 
 
 def write_text_private(path: Path, text: str) -> None:

@@ -57,6 +57,10 @@ HTTP_DEFAULTS = (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "4"), ("MLFLOW_HTTP_REQUEST
                  ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60"))
 
 
+# MLflow reports usage to its makers over the internet unless told not to: nothing here leaves the machine
+OFFLINE_ENV = (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"))
+
+
 def check_server(uri: str, tries: int = 3, timeout: float = 5.0) -> None:
     """Before a stage does any work: an http(s) tracking URI must answer its health check (a few tries, a
     second apart), else TrackingUnavailable in one line."""
@@ -122,8 +126,6 @@ def setup(params: MlflowParams, root: Path) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stage logs stay readable
-    from gm.server import OFFLINE_ENV
-
     for k, v in HTTP_DEFAULTS + OFFLINE_ENV:
         os.environ.setdefault(k, v)
     uri = tracking_uri(params, root)

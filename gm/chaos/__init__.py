@@ -28,6 +28,7 @@ from gm.data.bootstrap import materialise_default_data
 from gm.params import parse_params
 from gm.profiles import copy_checkout
 from gm.stages.prepare import prepare as prepare_dataset
+from gm.training.driver import latest_checkpoint
 
 
 @dataclass
@@ -136,6 +137,29 @@ def kill_when(cmd: list[str], cwd: Path, env: dict, ready: Callable[[], bool], t
 def checkpoints(run: Path) -> list[Path]:
     """A Ray Train run folder's checkpoints, oldest first."""
     return sorted(p for p in run.glob("checkpoint_*") if p.is_dir()) if run.is_dir() else []
+
+
+def recorded_step(storage: Path, run: str) -> int:
+    """The step of a Train run's latest checkpoint as the run records it (Ray Train's snapshot: what a
+    resumed run starts from), 0 when it has none. A checkpoint folder the snapshot does not name (uploaded
+    by a worker as its driver died, never recorded) is not one: no run resumes from it."""
+    try:
+        latest = latest_checkpoint(str(storage), run)
+    except (ValueError, OSError):  # the snapshot is being rewritten this instant
+        return 0
+    return int(Path(latest).name.split("_")[1]) if latest else 0  # the loop names them checkpoint_<step>
+
+
+def settled(read: Callable, quiet: float = 3.0, timeout: float = 60.0):
+    """`read()` once it has returned the same value for `quiet` seconds (bounded by `timeout`): what a killed
+    stage's workers, which outlive their driver by a second or two, have left behind."""
+    value, since, deadline = read(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def last_line(text: str) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gm.chaos import (GAN_RING8, Row, checkpoints, kill_when, metric_points_lost, registry_faults, run_stage, runs,
-                      scenario, stage_cmd, stage_env, tiny_params, versions, workspace)
+from gm.chaos import (GAN_RING8, Row, kill_when, metric_points_lost, recorded_step, registry_faults, run_stage,
+                      runs, scenario, settled, stage_cmd, stage_env, tiny_params, versions, workspace)
 from gm.core.faults import ENV as FAILPOINT
 from gm.core.layout import Layout
 
@@ -23,30 +23,8 @@ SEEDS = (0, 1)
 
 
 def latest_steps(root: Path) -> dict[int, int]:
-    """Each seed's latest checkpoint step on storage (0 when it has none)."""
-    out = {}
-    for seed in SEEDS:
-        ckpts = checkpoints(Layout(root).ray_storage / f"train-{EXPERIMENT}-seed{seed}")
-        out[seed] = _step_of(ckpts[-1]) if ckpts else 0
-    return out
-
-
-def _step_of(checkpoint: Path) -> int:
-    """A checkpoint's step, from its folder's name (the loop names them checkpoint_<step>)."""
-    return int(checkpoint.name.split("_")[1])
-
-
-def settled(read, quiet: float = 3.0, timeout: float = 60.0):
-    """`read()` once it has returned the same value for `quiet` seconds (bounded by `timeout`)."""
-    import time
-
-    value, since, deadline = read(), time.monotonic(), time.monotonic() + timeout
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = read()
-        if now != value:
-            value, since = now, time.monotonic()
-    return value
+    """Each seed's latest checkpoint step as its run records it (0 when none; see `recorded_step`)."""
+    return {seed: recorded_step(Layout(root).ray_storage, f"train-{EXPERIMENT}-seed{seed}") for seed in SEEDS}
 
 
 def resumed_from(root: Path) -> dict[int, int]:
@@ -97,7 +75,7 @@ def driver_killed(workdir: Path, uri: str | None = None) -> list[Row]:
     error = "" if finished else f"; rerun failed: {r.stderr.strip().splitlines()[-1:]}"
     return [
         Row("train driver SIGKILLed mid-training",
-            f"killed at checkpoints {first_seen} (its workers wrote up to {at_kill} as they died); the next "
+            f"killed at checkpoints {first_seen} (recorded by the time its workers died: {at_kill}); the next "
             f"attempt resumed from {resumed or '?'}" + error,
             survived=finished and all(resumed.get(s, -1) >= at_kill[s] for s in SEEDS),
             steps_lost=steps_lost, details={"at_kill": at_kill, "resumed": resumed}),

@@ -235,11 +235,6 @@ class Hosts:
             env.setdefault(k, v)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         env["RAY_USAGE_STATS_ENABLED"] = "0"
-        if self.isolated:
-            # gloo (torch's CPU collectives) binds the address this machine's hostname resolves to, which
-            # here (as on Debian's 127.0.1.1) is loopback: the ranks of two hosts would then dial their own
-            # 127.0.0.1 ("Gloo connectFullMesh failed ... Connection refused"). Named, as on such machines.
-            env["GLOO_SOCKET_IFNAME"] = "eth0"
         return {**env, **(extra or {}), **self.env}
 
     def start_ray(self, cpus: int | list[int] = 1, wait: bool = True, timeout: float = 120.0) -> str:

@@ -55,6 +55,7 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
         row = {
             "seed": seed, "val_score": score, "val_metric": metric, "best_step": int(outcome.metrics["step"]),
             "resumed_from_step": resumed_from,
+            "nodes": outcome.nodes,  # the Ray node of each rank (of the attempt that finished)
             "wall_seconds": outcome.wall_seconds, "train_seconds": outcome.train_seconds,
             "setup_seconds": max(0.0, outcome.wall_seconds - outcome.worker_seconds),  # Ray workers, data, teardown
             "validation_seconds": max(0.0, outcome.worker_seconds - outcome.train_seconds),

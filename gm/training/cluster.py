@@ -119,10 +119,34 @@ def answers(address: str, timeout: float = 2.0) -> bool:
 
 def pin_ray_address() -> None:
     """Worker set-up hook: point Ray's state API at this worker's own cluster, which it cannot pick
-    by itself when two local Rays share the machine (docs/architecture.md, "Known traps")."""
+    by itself when two local Rays share the machine, and torch's gloo at the node's own network
+    interface (docs/architecture.md, "Known traps")."""
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    if "GLOO_SOCKET_IFNAME" not in os.environ:
+        interface = interface_of(ray.util.get_node_ip_address())
+        if interface is not None:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+
+
+def interface_of(ip: str) -> str | None:
+    """The network interface holding address `ip`, or None (loopback addresses: None, gloo's default is right).
+
+    gloo binds whatever the machine's hostname resolves to, which on many machines (Debian's 127.0.1.1,
+    an /etc/hosts entry) is loopback: ranks on two machines would then each dial their own 127.0.0.1
+    ("Gloo connectFullMesh failed ... Connection refused"). Ray's node address is the one the cluster
+    reaches; its interface is the one gloo must use."""
+    import socket
+
+    import psutil
+
+    if ip.startswith("127."):
+        return None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == ip for a in addresses):
+            return name
+    return None
 
 
 def free_port() -> int:
