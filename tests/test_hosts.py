@@ -78,6 +78,7 @@ def test_training_crosses_the_network_between_two_hosts(tmp_path, record_propert
     assert len(seed0) == 1 and not running
 
 
+@pytest.mark.chaos  # a fault scenario of make chaos: the slower tier (make test-chaos)
 def test_a_lost_worker_node_is_survived_from_the_latest_checkpoint(tmp_path, record_property):
     [row] = nodes.node(tmp_path)
     d = row.details

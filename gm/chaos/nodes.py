@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from gm.chaos import (GAN_RING8, Row, last_line, registry_faults, runs, scenario, stage_cmd, stage_env, tiny_params,
-                      versions, workspace)
+from gm.chaos import (GAN_RING8, Row, last_line, recorded_step, registry_faults, runs, scenario, stage_cmd, stage_env,
+                      tiny_params, versions, workspace)
 from gm.chaos.hosts import Host, Hosts
 from gm.core.layout import Layout
 from gm.tracking import registered_name
@@ -32,7 +32,6 @@ EXPERIMENT = "gan-ring8"
 RUN = f"train-{EXPERIMENT}-seed0"  # the Ray run of seed 0 (gm/stages/train.py, seed_runs)
 MODEL = registered_name("gan", "ring8")
 TRAIN_WORKER = "ray::RayTrainWorker"  # the process title Ray gives a Ray Train worker actor
-SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train's record of the checkpoints it registered, in the run folder
 
 # A driver on the head host that takes every CPU of the head (an actor pinned there), so that the Train
 # worker can only be placed on another host; a line on its stdin frees them (the actor killed).
@@ -102,15 +101,6 @@ def wait_for(proc: subprocess.Popen, until, timeout: float, waiting_for: str, in
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {waiting_for} within {timeout:.0f} s")
         time.sleep(interval)
-
-
-def registered_step(run: Path) -> int | None:
-    """The step of the latest checkpoint Train registered for the run (what it resumes from), or None."""
-    try:
-        snapshot = json.loads((run / SNAPSHOT).read_text())
-        return int(snapshot["latest_checkpoint_result"]["metrics"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):  # not there yet, being written, or none registered
-        return None
 
 
 def complete_checkpoints(run: Path) -> list[int]:
@@ -248,13 +238,13 @@ def node(workdir: Path) -> list[Row]:
         mark("head released")
         # killed the moment Train registers a checkpoint: the worker has just begun its next segment, so
         # nothing past that checkpoint is on storage yet
-        wait_for(proc, lambda: registered_step(run) is not None, 300, "registered checkpoint")
+        wait_for(proc, lambda: recorded_step(run.parent, run.name) > 0, 300, "registered checkpoint")
         mark("checkpoint registered")
         placed_on = addresses(hosts, before)
         killed = hosts.kill(worker) if proc.poll() is None and placed_on == [worker.address] else []
         mark("host killed")
         killed_at = time.monotonic()
-        at_kill = max(complete_checkpoints(run) + [registered_step(run) or 0])
+        at_kill = max(complete_checkpoints(run) + [recorded_step(run.parent, run.name)])
         after: dict[str, set[int]] = {}
         watch(hosts, proc, after, timeout=300, until=lambda: bool(after), waiting_for="Train worker after the kill")
         restarted_after = time.monotonic() - killed_at if after else None
