@@ -202,6 +202,16 @@ def test_registry_champions_load_and_predict_in_a_fresh_process(repro, tracking)
     assert "bound" in vae["bound"]
 
 
+def test_gm_sample_draws_from_a_registered_champion(repro, tmp_path):
+    if repro.failure:
+        pytest.fail(f"not checked: {repro.failure}", pytrace=False)
+    out = tmp_path / "x.npy"
+    run([sys.executable, "-m", "gm.cli", "--root", str(repro.root), "sample", "models:/gm-wgan_gp-ring8@champion",
+         "-n", "6", "--seed", "2", "--out", str(out)], repro.root)
+    x = np.load(out)
+    assert x.shape == (6, 2) and np.isfinite(x).all()
+
+
 def test_a_second_repro_has_nothing_to_do_and_metrics_show(repro):
     # last in the module: should it reproduce anything, the outputs checked above would change
     if repro.failure:
