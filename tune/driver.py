@@ -20,6 +20,7 @@ from gm.training.experiment import ExperimentConfig, experiment_from_dict
 from gm.training.driver import clear_run, make_trainer, select_checkpoint, storage_fs
 from tune.sweep import DOMAINS, SweepConfig, apply_overrides, extreme_values, to_tune_domain
 from gm.core.config import to_dict
+from gm.core.files import read_json
 
 METRIC, MODE = "val_score", "min"
 
@@ -88,10 +89,8 @@ def finished_checkpoint_metrics(checkpoint, steps: int) -> dict | None:
 
     PBT may hand a member the checkpoint of a stronger member that has just reported its final step;
     there is nothing left to train, and the restarted trial reports that checkpoint as its own."""
-    import json
-
-    with checkpoint.as_directory() as d:
-        metrics = json.loads((Path(d) / "metrics.json").read_text())
+    with checkpoint.as_directory() as d:  # a damaged one fails the trial with the file's one line (CorruptFile)
+        metrics = read_json(Path(d) / "metrics.json")
     return metrics if int(metrics.get("step", 0)) >= steps else None
 
 
