@@ -6,6 +6,7 @@ What lands in PostgreSQL is read from MLflow's own tables with SQL, not through 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -148,3 +149,36 @@ def test_basic_auth_refuses_strangers_and_lets_team_members_register(team, train
         assert r.returncode == 2 and "MLFLOW_TRACKING_USERNAME" in last_line(r.stderr), r.stderr[-2000:]
     finally:
         server.stop()
+
+
+def test_gm_server_starts_postgresql_and_mlflow_and_stops_both(tmp_path):
+    """The documented command (`make server` runs it): up with auth, refusing strangers, down on SIGTERM."""
+    import signal
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from gm.chaos import CHECKOUT
+
+    state = Path(tempfile.mkdtemp(prefix="gm-server-test-"))  # a folder the postgres user can enter
+    state.chmod(0o755)
+    port = free_port()
+    cmd = [sys.executable, "-m", "gm.cli", "server", "--dir", str(state / "s"), "--port", str(port),
+           "--pg-port", str(free_port()), "--auth"]
+    proc = subprocess.Popen(cmd, cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while "use it:" not in line:
+            assert proc.poll() is None and time.monotonic() < deadline, f"gm server did not come up: {line}"
+            line = proc.stdout.readline()
+        assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in line
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1")
+        assert (state / "s" / "admin.password").stat().st_mode & 0o077 == 0  # the secret is its owner's only
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    assert not (state / "s" / "postgres" / "postmaster.pid").exists()  # PostgreSQL was stopped with it
+    shutil.rmtree(state, ignore_errors=True)
