@@ -35,7 +35,7 @@ from gm.data.io import read_meta, read_split
 from gm.data.dataspec import DataSpec
 from gm.models.base import Capabilities, GenerativeModel, LikelihoodOf, load_model
 from gm.inference import data_log_prob, sample_data
-from gm.featurizer import predict
+from gm.featurizer import predict, predict_proba
 from gm.featurizer import load_featurizer
 from gm.featurizer import features
 
@@ -134,6 +134,13 @@ class FeatureSpace:
 
         return predict(self.net, x)
 
+    def predict_proba(self, x: np.ndarray) -> np.ndarray | None:
+        """Its classifier's class probabilities (N, K), or None in pixel space."""
+        if self.net is None:
+            return None
+
+        return predict_proba(self.net, x)
+
 
 PIXELS = "pixels"
 
@@ -193,6 +200,8 @@ def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, mo
     - sample_features, test_features: in `space`, computed together as `features` (the pair,
       timed as feature_seconds), and predicted_labels of the samples under its classifier where
       it has one; with finite samples;
+    - sample_class_probs, test_class_probs: its classifier's p(y|x) of the samples (when finite)
+      and of the test split, where it has a classifier;
     - likelihood ("exact"/"bound"), test_log_likelihoods (timed as log_prob_seconds): samplers
       with a likelihood;
     - test_reconstructions: samplers that reconstruct; quantizer: the sampler, when it has a codebook.
@@ -214,6 +223,8 @@ def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, mo
         "sample_features": (finite, lambda: inputs["features"][0]),
         "test_features": (finite, lambda: inputs["features"][1]),
         "predicted_labels": (finite and space.net is not None, lambda: space.predict(samples)),
+        "sample_class_probs": (finite and space.net is not None, lambda: space.predict_proba(samples)),
+        "test_class_probs": (space.net is not None, lambda: space.predict_proba(test_x)),
         "likelihood": (caps.likelihood is not None, lambda: caps.likelihood),
         "test_log_likelihoods": (caps.likelihood is not None, lambda: ev.log_prob(test_x, seed)),
         "test_reconstructions": (caps.reconstruction, lambda: ev.reconstruct(test_x, seed)),

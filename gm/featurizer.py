@@ -260,6 +260,13 @@ def predict(net: FeatureNet, x_data: np.ndarray, batch_size: int = 1024) -> np.n
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros(0, np.int64)
 
 
+def predict_proba(net: FeatureNet, x_data: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities p(y|x) (N, num_classes) float64 of data-space images: the softmax of
+    the classifier's logits (eval mode, so without dropout)."""
+    out = _batches(net, x_data, batch_size, lambda x: F.softmax(net(x).double(), dim=1))
+    return torch.cat(out).numpy() if out else np.zeros((0, net.num_classes))
+
+
 # --------------------------------------------------------------------------- storage
 
 

@@ -1,4 +1,5 @@
-"""Sample-quality metrics on feature vectors: Fréchet distance, KID and class statistics.
+"""Sample-quality metrics on feature vectors: Fréchet distance, KID, class statistics and the
+classifier (Inception) score.
 
 The features come from the dataset's featurizer (gm.featurizer), or are the pixels
 themselves where there is none (gm.evaluation.FeatureSpace); numbers are only comparable
@@ -127,3 +128,47 @@ def class_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, f
         "class_entropy": entropy,
         "class_entropy_ratio": entropy / math.log(num_classes),
     }
+
+
+@register_metric("class_modes", consumes={"predicted_labels": "predicted_labels", "num_classes": "num_classes"},
+                 kinds=("image",))
+def mode_histogram_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """VEEGAN's and PacGAN's mode statistics, each class a mode (stacked digits: 1,000), from a
+    classifier's predicted labels (N,): modes_covered, the number of modes predicted at least
+    once, and mode_kl = KL(p || uniform) = sum_k p_k log(p_k K) of the predicted-mode histogram p
+    over the K = num_classes modes (0 for a uniform spread, log K for total collapse).
+    Returns {"modes_covered", "mode_kl"}.
+    """
+    counts = np.bincount(np.asarray(predicted_labels, dtype=np.int64), minlength=num_classes)
+    p = counts[counts > 0] / counts.sum()
+    return {"modes_covered": float(len(p)),
+            "mode_kl": max(0.0, float(np.sum(p * np.log(p * num_classes))))}
+
+
+def classifier_score(probs: np.ndarray) -> float:
+    """The Inception score with the dataset's classifier in place of Inception:
+    exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the rows of `probs` (N, K).
+
+    1 when every p(y|x) is the same (no class information); K at most, reached by
+    confident predictions spread evenly over K classes. One value over all N rows (no
+    splits): it grows with N for small N, so compare it at the same N.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(f"class probabilities have shape {p.shape}; expected (N, K) with N > 0")
+    p = p / p.sum(axis=1, keepdims=True)
+    marginal = p.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(marginal)), 0.0)  # 0 log 0 = 0
+    return float(math.exp(max(0.0, terms.sum(axis=1).mean())))
+
+
+@register_metric("classifier_score", consumes={"sample_probs": "sample_class_probs",
+                                               "test_probs": "test_class_probs"},
+                 kinds=("image",))
+def classifier_scores(sample_probs: np.ndarray, test_probs: np.ndarray) -> dict[str, float]:
+    """The classifier (Inception) score of the samples, and of the test data as the reference
+    (a model that matches the data scores about the test score at the same N).
+    Returns {"classifier_score", "classifier_score_test"}."""
+    return {"classifier_score": classifier_score(sample_probs),
+            "classifier_score_test": classifier_score(test_probs)}
