@@ -384,7 +384,8 @@ def test_image_folder_source(tmp_path):
 
 
 def test_known_sources():
-    assert set(SOURCES) == {"digits", "ring8", "grid25", "swissroll", "moons", "idx", "npz", "image_folder"}
+    assert set(SOURCES) == {"digits", "ring8", "grid25", "swissroll", "moons", "idx", "npz", "image_folder",
+                            "stacked_digits", "shapes32"}
     for name, cls in SOURCES.items():
         assert src({"source": name, **({"path": "p"} if name in ("npz", "image_folder") else {}),
                     **({"images": "i"} if name == "idx" else {})}).source == name

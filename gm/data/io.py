@@ -101,45 +101,75 @@ def to_table(x: np.ndarray, y: np.ndarray | None) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=split_schema(shape, y is not None))
 
 
+def split_rows(x: np.ndarray, y: np.ndarray | None, info: dict, seed: int, val_fraction: float,
+               test_fraction: float) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Each split's (x, y): the source's rows split by `split_indices`.
+
+    A source whose rows are the material its samples are made of, not the samples (stacked
+    digits: digit images, three to a sample), puts a builder in info["per_split"]: the material is
+    split as any rows are, then `builder(split, x_part, y_part, n_split)` makes each split's samples
+    from its own part alone (so nothing of the test material reaches a training sample), with
+    n_split from `split_sizes(builder.n, ...)`: builder.n samples in all.
+    """
+    parts = split_indices(len(x), y, seed, val_fraction, test_fraction)
+    builder = info.get("per_split")
+    if builder is None:
+        return {s: (x[idx], y[idx] if y is not None else None) for s, idx in parts.items()}
+    if y is None:
+        raise ValueError("a source built per split must be labelled (its material is split stratified)")
+    sizes = split_sizes(builder.n, val_fraction, test_fraction)
+    out = {}
+    for s in SPLITS:
+        xs, ys = builder(s, x[parts[s]], y[parts[s]], sizes[s])
+        out[s] = (np.asarray(xs, dtype=np.float32), np.asarray(ys, dtype=np.int64))
+    return out
+
+
 def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info: dict, seed: int,
                  val_fraction: float, test_fraction: float, source_hash: str,
                  name: str | None = None) -> dict:
     """Split (seeded, stratified when labelled) and write train/val/test.parquet + meta.json.
 
-    `info` is a source's info dict (kind, shape, levels, num_classes, optional modes and
-    class_names). Returns the meta written. Split sizes follow `split_sizes`.
+    `info` is a source's info dict (kind, shape, levels, num_classes, optional modes, class_names,
+    factors, and per_split: see `split_rows`). Returns the meta written. Split sizes follow
+    `split_sizes`.
     """
     out_dir = Path(out_dir)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 2 or len(x) == 0:
         raise ValueError(f"{out_dir}: expected samples of shape (N, *shape) with N > 0, got {x.shape}")
-    if list(x.shape[1:]) != list(info["shape"]):
+    if info.get("per_split") is None and list(x.shape[1:]) != list(info["shape"]):
         raise ValueError(f"{out_dir}: samples have shape {x.shape[1:]} but the source says {info['shape']}")
     if not np.isfinite(x).all():
         raise ValueError(f"{out_dir}: data has NaN or infinite values; expected finite numbers")
     if y is not None:
         y = np.asarray(y, dtype=np.int64)
-    parts = split_indices(len(x), y, seed, val_fraction, test_fraction)
+    rows = split_rows(x, y, info, seed, val_fraction, test_fraction)
+    shape = rows["train"][0].shape[1:]
+    if list(shape) != list(info["shape"]):
+        raise ValueError(f"{out_dir}: samples have shape {shape} but the source says {info['shape']}")
+    labelled = rows["train"][1] is not None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     hashes = {}
-    for split, idx in parts.items():
-        table = to_table(x[idx], y[idx] if y is not None else None)
+    for split, (xs, ys) in rows.items():
+        table = to_table(xs, ys)
         # fixed writer options: the bytes depend only on the data (and pyarrow's version)
         path = atomic_write(out_dir / f"{split}.parquet", lambda p: pq.write_table(
             table, p, compression="zstd", write_statistics=False, store_schema=True))
         hashes[split] = sha256_file(path)
 
-    schema = split_schema(x.shape[1:], y is not None)
+    schema = split_schema(shape, labelled)
+    every_x = [xs for xs, _ in rows.values() if len(xs)]
     meta = {
         "name": name or out_dir.name,
         "kind": info["kind"],
         "shape": [int(s) for s in info["shape"]],
         "levels": info["levels"],
         "num_classes": info["num_classes"],
-        "classes": np.unique(y).tolist() if y is not None else None,
-        "range": [float(x.min()), float(x.max())],
-        "n": {s: int(len(parts[s])) for s in SPLITS},
+        "classes": np.unique(np.concatenate([ys for _, ys in rows.values()])).tolist() if labelled else None,
+        "range": [float(min(a.min() for a in every_x)), float(max(a.max() for a in every_x))],
+        "n": {s: int(len(rows[s][0])) for s in SPLITS},
         "source_hash": source_hash,
         "seed": seed,
         "val_fraction": val_fraction,
@@ -148,8 +178,9 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
         "schema": {f.name: str(f.type) for f in schema},
         "sha256": hashes,  # of each split's file: readers catch a truncated or altered split
     }
-    if info.get("class_names"):
-        meta["class_names"] = list(info["class_names"])
+    for key in ("class_names", "factors"):  # optional: only where the source has them
+        if info.get(key):
+            meta[key] = info[key]
     text = json.dumps(meta, sort_keys=True, indent=2) + "\n"
     atomic_write(out_dir / META, lambda p: p.write_text(text))
     return meta

@@ -20,6 +20,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from gm.core.config import ConfigError, build, bounded, to_dict
+from gm.data import shapes, stacked
 from gm.data.importers import load_image_folder, read_bytes, read_idx
 from gm.core.registry import Registry
 
@@ -47,13 +48,14 @@ def build_source(name: str, cfg: Mapping, where: str | None = None):
 
 def source_hash(cfg, info: dict, repo_root: Path, seed: int) -> str:
     """md5 identifying the raw data: over each source file's recorded path and bytes, or, for
-    generated toys, over the generator's params and seed."""
+    generated toys, over the generator's params and seed; data generated from files (info
+    "generated_from_files": stacked digits) over both."""
     md5 = hashlib.md5()
     if info["source_files"]:
         for rel in info["source_files"]:
             md5.update(rel.encode() + b"\0")
             md5.update((Path(repo_root) / rel).read_bytes())
-    else:
+    if not info["source_files"] or info.get("generated_from_files"):
         md5.update(json.dumps({"params": to_dict(cfg), "seed": seed}, sort_keys=True).encode())
     return md5.hexdigest()
 
@@ -234,6 +236,42 @@ class Digits(FileSource):
             raise ValueError(f"{full}: labels (last column) must be integers in 0..{self.CLASSES - 1}")
         return (x.reshape(-1, 1, 8, 8).astype(np.float32), y.astype(np.int64),
                 _info("image", (1, 8, 8), self.LEVELS, self.CLASSES, [self.path]))
+
+
+@SOURCES.register("stacked_digits")
+@dataclass(frozen=True)
+class StackedDigits(Digits):
+    """Three digits as the three channels of one image: 1,000 modes, label 100·d1 + 10·d2 + d3, the
+    digits' 17 levels, upsampled by pixel repetition to `size` (gm.data.stacked). The digits are
+    split first and each split's `n`-share of stacks is drawn from its own digits only."""
+
+    source: Literal["stacked_digits"] = "stacked_digits"
+    n: int = bounded(60000, gt=0)
+    size: int = 8
+
+    def validate(self):
+        if self.size not in stacked.SIZES:
+            raise ConfigError(f"size: expected one of {', '.join(map(str, stacked.SIZES))}, got {self.size!r}")
+
+    def load(self, repo_root, seed):
+        x, y, _ = super().load(repo_root, seed)  # the digit images: the material split by write_splits
+        return x, y, _info("image", (3, self.size, self.size), stacked.LEVELS, stacked.MODES, [self.path],
+                           per_split=stacked.StackBuilder(self.n, self.size, seed), generated_from_files=True)
+
+
+@SOURCES.register("shapes32")
+@dataclass(frozen=True)
+class Shapes32(Source):
+    """32x32 RGB images of one shape (the label: square, circle, triangle, cross) drawn by code from a
+    grid of known factors (gm.data.shapes), 256 levels; the factor grid goes into meta.json."""
+
+    source: Literal["shapes32"] = "shapes32"
+    n: int = bounded(20000, gt=0)
+
+    def load(self, repo_root, seed):
+        x, y, _ = shapes.generate(self.n, np.random.default_rng(seed))
+        return x, y, _info("image", (3, shapes.SIZE, shapes.SIZE), shapes.LEVELS, len(shapes.KINDS),
+                           class_names=list(shapes.KINDS), factors=shapes.FACTORS)
 
 
 def parse_csv(data: bytes, columns: int, path, expected: str) -> np.ndarray:
