@@ -189,3 +189,26 @@ def test_pixel_mass_identifies_the_kind():
     tri = shapes.render(np.array([[2, 3, 0, 2, 2, 0]]))[0].max(axis=0) > 0
     rows = np.flatnonzero(tri.any(axis=1))
     assert (rows.min(), rows.max()) == (10, 18) and tri[16:].sum() > tri[:16].sum()
+
+
+# ------------------------------------------------------------------------ write_splits per split
+
+
+def test_split_rows_builds_each_split_from_its_own_rows():
+    from gm.data.io import split_rows
+
+    class Echo:  # a "sample" per row of material: the material's own row ids, labelled
+        n = 40
+
+        def __call__(self, split, x, y, n):
+            assert len(x) == len(y) and n == {"train": 28, "val": 4, "test": 8}[split]
+            return np.resize(x, (n, 1)), np.resize(y, n)
+
+    x = np.arange(100, dtype=np.float32)[:, None]
+    y = np.arange(100) % 2
+    rows = split_rows(x, y, {"per_split": Echo()}, 0, 0.1, 0.2)
+    parts = split_indices(100, y, 0, 0.1, 0.2)
+    for s, (xs, ys) in rows.items():
+        assert set(xs[:, 0].astype(int)) <= set(parts[s].tolist())
+    with pytest.raises(ValueError, match="must be labelled"):
+        split_rows(x, None, {"per_split": Echo()}, 0, 0.1, 0.2)
