@@ -226,3 +226,13 @@ def pixelcnnpp_space() -> dict:
         "model.dropout": {"uniform": [0.0, 0.5]},  # Salimans 2017: 0.5
         "model.lr": {"loguniform": [1e-4, 3e-3]},
     }
+
+
+@register_space("acgan")
+def acgan_space() -> dict:
+    return {
+        "model.class_weight": {"loguniform": [0.1, 10.0]},  # λ of the auxiliary class term; the paper's 1 mid-range
+        "model.lr_gen": {"loguniform": [5e-5, 1e-3]},
+        "model.lr_critic": {"loguniform": [5e-5, 1e-3]},
+        "model.hidden": {"choice": [64, 128, 256]},
+    }

@@ -11,7 +11,13 @@ any family can switch on:
 - minibatch discrimination (ibid. §3.2),
 - historical averaging (ibid. §3.3),
 - instance noise (Sønderby et al. 2017; Arjovsky & Bottou 2017),
-- packing (PacGAN, Lin et al. 2018): the critic judges `pack` samples at once.
+- packing (PacGAN, Lin et al. 2018): the critic judges `pack` samples at once,
+- virtual batch norm in the generator (Salimans et al. 2016, §3.4; gm/nn/vbn.py),
+- unrolled critic updates in the generator's loss (Metz et al. 2017, `unroll_steps`).
+
+`critic` picks the DCGAN critic (`arch: dcgan`): Radford et al.'s (batch norm, N(0, 0.02)
+initialisation of both nets) or the pooled one without batch norm (the only one a gradient
+penalty allows).
 
 `conditional` makes a cGAN (Mirza & Osindero 2014): the one-hot label is fed to both the
 generator (beside z) and the critic (beside x), and fakes take the labels of the batch.
@@ -24,11 +30,12 @@ from typing import Callable, ClassVar, Literal
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from gm.core.config import ConfigError, bounded
 from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
-from gm.nn.dcgan import DCGANCritic, DCGANGenerator, check_dcgan_data
+from gm.nn.dcgan import DCGANCritic, DCGANGenerator, RadfordCritic, check_dcgan_data, radford_init
 from gm.nn.mlp import (
     Activation,
     bounded_output,
@@ -40,6 +47,7 @@ from gm.nn.mlp import (
 )
 from gm.core.numerics import rand, randn
 from gm.nn.precision import fp32, full_precision
+from gm.nn.vbn import ReferenceBatch, VirtualBatchNorm, reference_input, vbn_mlp
 
 # Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
 MBD_KERNEL_DIM = 5
@@ -66,6 +74,13 @@ class AdversarialConfig:
     instance_noise: float = bounded(0.0, ge=0)  # std of Gaussian noise added to every critic input
     instance_noise_steps: int = bounded(0, ge=0)  # std -> 0 linearly over this many critic steps (0 = constant)
     pack: int = bounded(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
+    # arch dcgan: "radford" = Radford et al. 2016's D (BN after every conv but the first, flattened, N(0, 0.02)
+    # init of both nets); "pooled" = no batch norm, global mean pool (per sample: valid under a gradient penalty)
+    critic: Literal["pooled", "radford"] = "pooled"
+    # Metz et al. 2017: the generator's loss through k differentiable critic gradient steps (0 = off)
+    unroll_steps: int = bounded(0, ge=0)
+    virtual_batch_norm: bool = False  # Salimans et al. 2016, §3.4: generator normalised by a fixed reference batch
+    vbn_reference: int = bounded(64, gt=0)  # the reference batch's size
 
     def validate(self) -> None:
         """Stabiliser combinations that are wrong whatever the data (a subclass adding checks calls this too).
@@ -76,6 +91,11 @@ class AdversarialConfig:
         is about (Gulrajani et al. 2017, §4: no critic batch normalisation, for the same reason).
         """
         gp_weight = getattr(self, "gp_weight", 0.0)
+        if self.arch == "dcgan" and self.critic == "radford" and gp_weight > 0:
+            raise ConfigError(
+                f"critic: expected 'pooled' with a gradient penalty (gp_weight = {gp_weight}), got 'radford'; "
+                f"batch norm in the critic makes D(x_i) depend on the whole batch, so the penalty penalises a "
+                f"gradient coupled across the batch, not the per-sample one (set critic: pooled or gp_weight: 0)")
         if self.minibatch_discrimination and gp_weight > 0:
             raise ConfigError(
                 f"minibatch_discrimination: expected 0 with a gradient penalty (gp_weight = {gp_weight}), got "
@@ -161,6 +181,18 @@ class Critic(nn.Module):
         return self.head(h), h
 
 
+class _Run(nn.Module):
+    """Holds the critic as a submodule so torch.func.functional_call can swap its parameters while
+    a closure (a family's objective, which reads self.critic) runs."""
+
+    def __init__(self, critic: nn.Module):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, fn: Callable[[], object]):
+        return fn()
+
+
 # --------------------------------------------------------------------------- the base
 
 
@@ -186,23 +218,36 @@ class AdversarialModel(GenerativeModel):
     def __init__(self, config: AdversarialConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        self.num_labels = label_count(c.conditional, data)
+        # Labels into the generator (num_labels) and into the critic's input (critic_labels).
+        self.num_labels, self.critic_labels = self._label_counts(c, data)
         out_dim = self._critic_out_dim()
         bound = bounded_output(data)
+        gen_in = c.z_dim + self.num_labels
+        vbn = c.virtual_batch_norm
         if c.arch == "mlp":
-            self.gen = mlp(c.z_dim + self.num_labels, data.dim, c.hidden, c.depth, "relu", out_activation=bound)
+            if vbn:
+                self.gen = vbn_mlp(gen_in, data.dim, c.hidden, c.depth, c.vbn_reference, "relu", out_activation=bound)
+            else:
+                self.gen = mlp(gen_in, data.dim, c.hidden, c.depth, "relu", out_activation=bound)
             # depth hidden layers, each followed by the activation; the head is the last linear layer.
-            body = mlp((data.dim + self.num_labels) * c.pack, c.hidden, c.hidden, c.depth - 1, c.activation,
+            body = mlp((data.dim + self.critic_labels) * c.pack, c.hidden, c.hidden, c.depth - 1, c.activation,
                        out_activation=c.activation)
             self.critic = Critic(body, c.hidden, out_dim, c.minibatch_discrimination)
         elif c.arch == "dcgan":
             check_dcgan_data(data)
-            self.gen = DCGANGenerator(c.z_dim + self.num_labels, data.shape, c.hidden, out_activation=bound)
+            norm = (lambda n: VirtualBatchNorm(n, c.vbn_reference)) if vbn else nn.BatchNorm2d
+            self.gen = DCGANGenerator(gen_in, data.shape, c.hidden, out_activation=bound, norm=norm)
             channels, h, w = data.shape
-            body = DCGANCritic((channels + self.num_labels) * c.pack, (h, w), c.hidden)
+            critic_cls = RadfordCritic if c.critic == "radford" else DCGANCritic
+            body = critic_cls((channels + self.critic_labels) * c.pack, (h, w), c.hidden)
             self.critic = Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination)
+            if c.critic == "radford":
+                radford_init(self.gen)
+                radford_init(self.critic)
         else:
             raise ValueError(f"arch: expected 'mlp' or 'dcgan', got {c.arch!r}")
+        if vbn:  # the generator reads the fixed reference input first (a buffer: saved with the model)
+            self.gen = ReferenceBatch(self.gen, reference_input(c.vbn_reference, c.z_dim, self.num_labels))
         # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self._hist_names: dict[str, list[str]] = {}
@@ -211,6 +256,11 @@ class AdversarialModel(GenerativeModel):
 
     def _critic_out_dim(self) -> int:
         return self.critic_out_dim
+
+    def _label_counts(self, config: AdversarialConfig, data: DataSpec) -> tuple[int, int]:
+        """(labels into the generator, labels into the critic's input): both the cGAN's, or none."""
+        n = label_count(config.conditional, data)
+        return n, n
 
     # -- networks -----------------------------------------------------------------
     def _one_hot(self, y: torch.Tensor | None, n: int, device) -> torch.Tensor | None:
@@ -249,7 +299,7 @@ class AdversarialModel(GenerativeModel):
         std = self.instance_noise_std() if self.training else 0.0
         if std > 0:
             x = x + std * torch.randn_like(x)
-        onehot = self._one_hot(y, b, x.device)
+        onehot = one_hot_labels(self, y, b, self.critic_labels, x.device)
         if self.config.arch == "mlp":
             x = x.flatten(1)  # (B, D)
             if onehot is not None:
@@ -304,14 +354,10 @@ class AdversarialModel(GenerativeModel):
             logs = {"critic_loss": loss.detach(), **logs}
         elif group == "gen":
             fake = self.generate(b, y)
-            if self.config.feature_matching:
-                with torch.no_grad():
-                    _, real_features = self.critic_forward(real, y)
-                _, fake_features = self.critic_forward(fake, y)
-                loss = feature_matching_loss(real_features, fake_features)
-                logs = {"feature_matching": loss.detach()}
+            if self.config.unroll_steps:
+                loss, logs = self.unrolled_generator_loss(real, fake, y, self.config.unroll_steps)
             else:
-                loss, logs = self.generator_objective(fake, y, real)
+                loss, logs = self.generator_loss(real, fake, y)
             logs = {"gen_loss": loss.detach(), **logs}
         else:
             raise KeyError(f"{type(self).__name__} has step groups 'critic' and 'gen', got {group!r}")
@@ -320,6 +366,45 @@ class AdversarialModel(GenerativeModel):
             loss = loss + self.config.historical_averaging * penalty
             logs[f"historical_penalty_{group}"] = penalty.detach()  # per group: the loop merges both logs
         return ModelOutput(loss, logs)
+
+    def generator_loss(self, real: torch.Tensor, fake: torch.Tensor,
+                       y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator's loss against the critic as it is: feature matching, or the family's objective."""
+        if self.config.feature_matching:
+            with torch.no_grad():
+                _, real_features = self.critic_forward(real, y)
+            _, fake_features = self.critic_forward(fake, y)
+            loss = feature_matching_loss(real_features, fake_features)
+            return loss, {"feature_matching": loss.detach()}
+        return self.generator_objective(fake, y, real)
+
+    def unrolled_generator_loss(self, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor | None,
+                                k: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Unrolled GAN (Metz et al. 2017, Eq. 6-12): the generator's loss against θ_D^k, the critic after
+        k gradient-descent steps θ^{i+1} = θ^i - η ∇_θ L_critic(θ^i) (η = lr_critic) from its current state.
+
+        The steps are differentiable (create_graph): the generator's gradient includes the term
+        through dθ_D^k/dθ_G, the paper's full estimator, not its cheaper variant that treats θ_D^k as a
+        constant. Every unrolled step sees this batch's real samples and fakes (with gradients to G).
+        The stored critic is untouched: the steps act on functional copies of its parameters, and its
+        buffers (batch-norm statistics) are cloned. The unrolled steps are plain gradient descent (the
+        paper's Eq. 2; its experiments unroll the Adam optimizer) and skip after-step hooks (WGAN's clip).
+        """
+        runner = _Run(self.critic)
+        names = [n for n, _ in self.critic.named_parameters()]
+        theta = [p for _, p in self.critic.named_parameters()]
+        buffers = {f"critic.{n}": b.clone() for n, b in self.critic.named_buffers()}
+        lr = self.config.lr_critic
+
+        def state(params):
+            return {**{f"critic.{n}": p for n, p in zip(names, params)}, **buffers}
+
+        for _ in range(k):
+            critic_loss = functional_call(runner, state(theta), (lambda: self.critic_objective(real, fake, y)[0],))
+            grads = torch.autograd.grad(critic_loss, theta, create_graph=True, allow_unused=True)
+            theta = [p if g is None else p - lr * g for p, g in zip(theta, grads)]
+        loss, logs = functional_call(runner, state(theta), (lambda: self.generator_loss(real, fake, y),))
+        return loss, {**logs, "unrolled_critic_loss": critic_loss.detach()}
 
     def after_step(self, group: str) -> None:
         """Count critic steps (instance-noise annealing) and update the historical averages."""

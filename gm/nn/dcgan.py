@@ -2,20 +2,33 @@
 
 Generator: z -> linear projection to a small map (2×2 or 4×4) -> transposed convs, each
 doubling the size, with BatchNorm + ReLU between them; the output layer has neither (its
-bounding to model space is the caller's `out_activation`). Critic: strided convs with
-LeakyReLU(0.2) and no batch norm at all, so it is a per-sample function (valid under a
-gradient penalty), then global average pooling to a feature vector.
+bounding to model space is the caller's `out_activation`: tanh for discrete data, whose
+model space is [-1, 1), none for continuous data). The normalisation layer is a choice
+(`norm`): virtual batch norm (gm/nn/vbn.py) replaces it when asked.
+
+Two critics:
+- `RadfordCritic`, Radford et al. 2016 (§3, "Architecture guidelines"): strided convs (no
+  pooling), batch norm in every conv layer except the first, LeakyReLU(0.2), the last map
+  flattened into the features (their D's last conv is flattened into one sigmoid output);
+  with `radford_init`, every conv/linear weight ~ N(0, 0.02) (§4), batch-norm scales
+  ~ N(1, 0.02), biases 0. Batch norm makes D(x_i) depend on the whole batch, so this critic
+  must not be under a per-sample gradient penalty (Gulrajani et al. 2017, §4).
+- `DCGANCritic` ("pooled"): the same strided convs with LeakyReLU(0.2) and no batch norm at
+  all, so it is a per-sample function (valid under a gradient penalty), then global average
+  pooling to a feature vector.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 from gm.data.dataspec import DataSpec
 from gm.nn.mlp import Activation, make_activation
+from gm.nn.vbn import VirtualBatchNorm
 
 
 def check_dcgan_data(data: DataSpec) -> None:
@@ -46,17 +59,34 @@ def _up(c_in: int, c_out: int, s_in: int, s_out: int, bias: bool) -> nn.ConvTran
     return nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=1, bias=bias)
 
 
-def _down(c_in: int, c_out: int, s_in: int, s_out: int) -> nn.Conv2d:
+def _down(c_in: int, c_out: int, s_in: int, s_out: int, bias: bool = True) -> nn.Conv2d:
     # The mirror image of `_up`: k=4 halves an even size, k=3 maps 7 -> 4.
     kernel = 4 if s_in == 2 * s_out else 3
-    return nn.Conv2d(c_in, c_out, kernel, stride=2, padding=1)
+    return nn.Conv2d(c_in, c_out, kernel, stride=2, padding=1, bias=bias)
+
+
+RADFORD_STD = 0.02  # Radford et al. 2016, §4: weights from N(0, 0.02)
+
+
+def radford_init(module: nn.Module, std: float = RADFORD_STD) -> None:
+    """Radford et al.'s initialisation, in place: conv/linear weights ~ N(0, std), their biases 0;
+    normalisation scales ~ N(1, std), shifts 0 (the reference DCGAN code's BN init)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, VirtualBatchNorm)):
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
 
 
 class DCGANGenerator(nn.Module):
     """z (B, Z) -> image (B, C, H, W); channels halve as the map doubles, `base` at the last hidden map."""
 
     def __init__(self, z_dim: int, shape: tuple[int, int, int], base: int,
-                 out_activation: Activation | None = None):
+                 out_activation: Activation | None = None,
+                 norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         channels, h, _ = shape
         sizes = dcgan_sizes(h)[::-1]  # small -> large, e.g. [4, 7, 14, 28]
@@ -65,13 +95,13 @@ class DCGANGenerator(nn.Module):
         self.start = (widths[0], sizes[0])
         # Radford 2016: project and reshape, then BN + ReLU.
         self.project = nn.Linear(z_dim, widths[0] * sizes[0] ** 2, bias=False)
-        layers: list[nn.Module] = [nn.BatchNorm2d(widths[0]), nn.ReLU()]
+        layers: list[nn.Module] = [norm(widths[0]), nn.ReLU()]
         for i in range(n_up):
             last = i == n_up - 1
             # A bias only on the output layer: BatchNorm's shift makes the others redundant.
             layers.append(_up(widths[i], widths[i + 1], sizes[i], sizes[i + 1], bias=last))
             if not last:
-                layers += [nn.BatchNorm2d(widths[i + 1]), nn.ReLU()]
+                layers += [norm(widths[i + 1]), nn.ReLU()]
         if out_activation is not None:
             layers.append(make_activation(out_activation))
         self.net = nn.Sequential(*layers)
@@ -96,3 +126,29 @@ class DCGANCritic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).mean(dim=(2, 3))  # (B, F)
+
+
+class RadfordCritic(nn.Module):
+    """image (B, C, H, W) -> features (B, F): Radford et al.'s discriminator body.
+
+    Strided convs (no pooling), each followed by LeakyReLU(0.2); batch norm after every conv
+    but the first (whose bias it would make redundant elsewhere, so only the first conv has
+    one); the last map flattened, F = channels · size². Initialise with `radford_init`.
+    """
+
+    def __init__(self, in_channels: int, size: tuple[int, int], base: int):
+        super().__init__()
+        sizes = dcgan_sizes(size[0])  # large -> small, e.g. [28, 14, 7, 4]
+        widths = [in_channels] + [base * 2 ** i for i in range(len(sizes) - 1)]  # e.g. [C, b, 2b, 4b]
+        layers: list[nn.Module] = []
+        for i in range(len(sizes) - 1):
+            first = i == 0
+            layers.append(_down(widths[i], widths[i + 1], sizes[i], sizes[i + 1], bias=first))
+            if not first:
+                layers.append(nn.BatchNorm2d(widths[i + 1]))
+            layers.append(nn.LeakyReLU(0.2))
+        self.net = nn.Sequential(*layers)
+        self.feature_dim = widths[-1] * sizes[-1] ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(1)  # (B, F)
