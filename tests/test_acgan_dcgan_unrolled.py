@@ -307,3 +307,23 @@ def test_a_vbn_generator_steps_on_a_plain_batch():
     model = small("gan", virtual_batch_norm=True, vbn_reference=8)
     out = model.loss(Batch(torch.randn(4, 2)), "gen")
     assert torch.isfinite(out.loss)
+
+
+def test_params_accept_acgan_and_refuse_a_penalised_radford_critic_before_ray(tmp_path):
+    from gm.params import load_params
+    from tests.helpers import tiny_params, write_params
+
+    raw = tiny_params()
+    raw["experiments"]["acgan-digits"] = {
+        "family": "acgan", "dataset": "digits",
+        "model": {"auxiliary_classifier": True, "arch": "dcgan", "critic": "radford", "unroll_steps": 1,
+                  "virtual_batch_norm": True, "z_dim": 8, "hidden": 8}}
+    params = load_params(write_params(tmp_path, raw))
+    assert params.experiments["acgan-digits"].model.auxiliary_classifier
+    raw["experiments"]["wgan_gp_dcgan-digits"] = {"family": "wgan_gp", "dataset": "digits",
+                                                  "model": {"arch": "dcgan", "critic": "radford"}}
+    with pytest.raises(ConfigError) as refused:
+        load_params(write_params(tmp_path, raw))
+    message = str(refused.value)
+    assert message.startswith("experiments.wgan_gp_dcgan-digits.model.critic: expected 'pooled'"), message
+    assert "gp_weight" in message

@@ -388,7 +388,10 @@ class AdversarialModel(GenerativeModel):
         constant. Every unrolled step sees this batch's real samples and fakes (with gradients to G).
         The stored critic is untouched: the steps act on functional copies of its parameters, and its
         buffers (batch-norm statistics) are cloned. The unrolled steps are plain gradient descent (the
-        paper's Eq. 2; its experiments unroll the Adam optimizer) and skip after-step hooks (WGAN's clip).
+        paper's Eq. 2), not the critic optimizer's own (Adam, RMSProp) update, and they skip after-step
+        hooks (WGAN's clip). A gradient penalty inside them is computed on detached interpolates, so
+        its part of dθ_D^k/dθ_G is left out. Cost: about k + 1 critic forward/backward passes more,
+        with second derivatives.
         """
         runner = _Run(self.critic)
         names = [n for n, _ in self.critic.named_parameters()]
