@@ -236,3 +236,12 @@ def acgan_space() -> dict:
         "model.lr_critic": {"loguniform": [5e-5, 1e-3]},
         "model.hidden": {"choice": [64, 128, 256]},
     }
+
+
+@register_space("sagan")
+def sagan_space() -> dict:
+    return {
+        "model.lr_critic": {"loguniform": [1e-4, 1e-3]},  # TTUR: the paper's 4e-4 mid-range
+        "model.lr_gen": {"loguniform": [3e-5, 3e-4]},  # the paper's 1e-4
+        "model.hidden": {"choice": [16, 32, 64]},
+    }

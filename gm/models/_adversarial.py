@@ -47,6 +47,8 @@ from gm.nn.mlp import (
 )
 from gm.core.numerics import rand, randn
 from gm.nn.precision import fp32, full_precision
+from gm.nn.sagan import SAGANCritic, SAGANGenerator, sagan_blocks
+from gm.nn.scaled import apply_spectral_norm, power_iterations_paused
 from gm.nn.vbn import ReferenceBatch, VirtualBatchNorm, reference_input, vbn_mlp
 
 # Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
@@ -55,7 +57,9 @@ MBD_KERNEL_DIM = 5
 
 @dataclass(frozen=True)
 class AdversarialConfig:
-    arch: Literal["mlp", "dcgan"] = "mlp"  # MLPs for toys/vectors; DCGAN (Radford 2016) for images
+    # MLPs for toys/vectors; DCGAN (Radford 2016) for images; SAGAN's nets (Zhang 2019: self-attention at
+    # `attention` pixels, spectral norm on every weight of both nets) for images 4·2^k pixels wide
+    arch: Literal["mlp", "dcgan", "sagan"] = "mlp"
     z_dim: int = bounded(8, gt=0)  # latent dimension; 2 is enough for 2-D toys
     hidden: int = bounded(256, gt=0)  # MLP width, or DCGAN base channel count
     depth: int = bounded(3, gt=0)  # MLP hidden layers per net (DCGAN: derived from the image size)
@@ -81,6 +85,7 @@ class AdversarialConfig:
     unroll_steps: int = bounded(0, ge=0)
     virtual_batch_norm: bool = False  # Salimans et al. 2016, §3.4: generator normalised by a fixed reference batch
     vbn_reference: int = bounded(64, gt=0)  # the reference batch's size
+    attention: int = bounded(8, gt=0)  # arch sagan: the width (pixels) of the maps the self-attention block sees
 
     def validate(self) -> None:
         """Stabiliser combinations that are wrong whatever the data (a subclass adding checks calls this too).
@@ -244,8 +249,15 @@ class AdversarialModel(GenerativeModel):
             if c.critic == "radford":
                 radford_init(self.gen)
                 radford_init(self.critic)
+        elif c.arch == "sagan":
+            channels, size, _ = data.shape if len(data.shape) == 3 else (0, 0, 0)
+            sagan_blocks(data, c.attention)  # square images 4·2^k wide, attention at one of their resolutions
+            norm = (lambda n: VirtualBatchNorm(n, c.vbn_reference)) if vbn else nn.BatchNorm2d
+            self.gen = SAGANGenerator(gen_in, data.shape, c.hidden, c.attention, out_activation=bound, norm=norm)
+            body = SAGANCritic((channels + self.critic_labels) * c.pack, size, c.hidden, c.attention)
+            self.critic = apply_spectral_norm(Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination))
         else:
-            raise ValueError(f"arch: expected 'mlp' or 'dcgan', got {c.arch!r}")
+            raise ValueError(f"arch: expected 'mlp', 'dcgan' or 'sagan', got {c.arch!r}")
         if vbn:  # the generator reads the fixed reference input first (a buffer: saved with the model)
             self.gen = ReferenceBatch(self.gen, reference_input(c.vbn_reference, c.z_dim, self.num_labels))
         # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
@@ -424,7 +436,8 @@ class AdversarialModel(GenerativeModel):
                 raise ValueError(f"{type(self).__name__} is conditional: pass condition= int64 labels of shape (n,)")
         else:
             check_unconditional(self, condition)
-        return clamp_to_model_space(self.generate(n, condition, generator), self.data)  # (n, *shape)
+        with power_iterations_paused(self.gen):  # a sample leaves a spectrally normalised generator as it was
+            return clamp_to_model_space(self.generate(n, condition, generator), self.data)  # (n, *shape)
 
     # -- historical averaging (Salimans et al. 2016, §3.3) ------------------------
     def _group_params(self, group: str) -> list[nn.Parameter]:

@@ -4,7 +4,8 @@ chosen resolution and spectral normalisation in both networks, for square images
 Generator: z -> spectrally normalised linear to a 4×4 map of `channels · 2^k` -> k up blocks (BN, ReLU,
 nearest ×2, 3×3 conv, halving the channels) -> BN, ReLU, 3×3 conv to the image's channels; the
 self-attention block follows the up block whose output is `attention` pixels wide. The output's bounding
-to model space is the caller's (`out_activation`, as for DCGAN).
+to model space is the caller's (`out_activation`), and so is the normalisation (`norm`: virtual batch
+norm replaces batch norm when asked), as for DCGAN.
 
 Critic: 3×3 conv to `channels`, then k down blocks (LeakyReLU 0.1, 3×3 conv, LeakyReLU 0.1, 4×4 stride-2
 conv, doubling the channels) to 4×4, the self-attention block before the down block whose input is
@@ -20,6 +21,7 @@ plain blocks here): enough for 8-32 pixel images on a CPU, configurable up to GP
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -50,7 +52,7 @@ def sagan_blocks(data: DataSpec, attention: int) -> int:
 
 class SAGANGenerator(nn.Module):
     def __init__(self, in_dim: int, shape: tuple[int, int, int], channels: int, attention: int,
-                 out_activation: Activation | None = None):
+                 out_activation: Activation | None = None, norm: Callable[[int], nn.Module] = nn.BatchNorm2d):
         super().__init__()
         c_img, size, _ = shape
         k = sagan_blocks(DataSpec(shape=tuple(shape), kind="image"), attention)
@@ -61,11 +63,11 @@ class SAGANGenerator(nn.Module):
         res = 4
         for i in range(k):
             res *= 2
-            blocks += [nn.BatchNorm2d(width[i]), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+            blocks += [norm(width[i]), nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"),
                        nn.Conv2d(width[i], width[i + 1], 3, padding=1)]
             if res == attention:
                 blocks.append(SelfAttention(width[i + 1]))
-        blocks += [nn.BatchNorm2d(width[-1]), nn.ReLU(), nn.Conv2d(width[-1], c_img, 3, padding=1)]
+        blocks += [norm(width[-1]), nn.ReLU(), nn.Conv2d(width[-1], c_img, 3, padding=1)]
         if out_activation is not None:
             blocks.append(make_activation(out_activation))
         self.net = nn.Sequential(*blocks)

@@ -8,6 +8,7 @@ noise take an explicit `torch.Generator`, so a seeded run gives the same numbers
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -109,6 +110,22 @@ def fade_in(low_rgb: torch.Tensor, high_rgb: torch.Tensor, alpha: float) -> torc
         raise ValueError(f"fade-in alpha must lie in [0, 1], got {alpha}")
     up = F.interpolate(low_rgb, size=high_rgb.shape[-2:], mode="nearest")  # (B, C, H, W)
     return (1.0 - alpha) * up + alpha * high_rgb
+
+
+@contextlib.contextmanager
+def power_iterations_paused(module: nn.Module):
+    """Within the block, spectrally normalised layers use their current estimate of σ without a power
+    iteration: in training mode every forward would otherwise update it, so drawing samples (or reading the
+    critic twice) would change the network it reads."""
+    norms = [m for m in module.modules() if type(m).__name__ == "_SpectralNorm"]
+    modes = [m.training for m in norms]
+    for m in norms:
+        m.train(False)
+    try:
+        yield module
+    finally:
+        for m, mode in zip(norms, modes):
+            m.train(mode)
 
 
 def apply_spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:
