@@ -225,39 +225,8 @@ class AdversarialModel(GenerativeModel):
         c = config
         # Labels into the generator (num_labels) and into the critic's input (critic_labels).
         self.num_labels, self.critic_labels = self._label_counts(c, data)
-        out_dim = self._critic_out_dim()
-        bound = bounded_output(data)
-        gen_in = c.z_dim + self.num_labels
+        self.gen, self.critic = self.build_networks(c, data)
         vbn = c.virtual_batch_norm
-        if c.arch == "mlp":
-            if vbn:
-                self.gen = vbn_mlp(gen_in, data.dim, c.hidden, c.depth, c.vbn_reference, "relu", out_activation=bound)
-            else:
-                self.gen = mlp(gen_in, data.dim, c.hidden, c.depth, "relu", out_activation=bound)
-            # depth hidden layers, each followed by the activation; the head is the last linear layer.
-            body = mlp((data.dim + self.critic_labels) * c.pack, c.hidden, c.hidden, c.depth - 1, c.activation,
-                       out_activation=c.activation)
-            self.critic = Critic(body, c.hidden, out_dim, c.minibatch_discrimination)
-        elif c.arch == "dcgan":
-            check_dcgan_data(data)
-            norm = (lambda n: VirtualBatchNorm(n, c.vbn_reference)) if vbn else nn.BatchNorm2d
-            self.gen = DCGANGenerator(gen_in, data.shape, c.hidden, out_activation=bound, norm=norm)
-            channels, h, w = data.shape
-            critic_cls = RadfordCritic if c.critic == "radford" else DCGANCritic
-            body = critic_cls((channels + self.critic_labels) * c.pack, (h, w), c.hidden)
-            self.critic = Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination)
-            if c.critic == "radford":
-                radford_init(self.gen)
-                radford_init(self.critic)
-        elif c.arch == "sagan":
-            channels, size, _ = data.shape if len(data.shape) == 3 else (0, 0, 0)
-            sagan_blocks(data, c.attention)  # square images 4·2^k wide, attention at one of their resolutions
-            norm = (lambda n: VirtualBatchNorm(n, c.vbn_reference)) if vbn else nn.BatchNorm2d
-            self.gen = SAGANGenerator(gen_in, data.shape, c.hidden, c.attention, out_activation=bound, norm=norm)
-            body = SAGANCritic((channels + self.critic_labels) * c.pack, size, c.hidden, c.attention)
-            self.critic = apply_spectral_norm(Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination))
-        else:
-            raise ValueError(f"arch: expected 'mlp', 'dcgan' or 'sagan', got {c.arch!r}")
         if vbn:  # the generator reads the fixed reference input first (a buffer: saved with the model)
             self.gen = ReferenceBatch(self.gen, reference_input(c.vbn_reference, c.z_dim, self.num_labels))
         # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
@@ -265,6 +234,45 @@ class AdversarialModel(GenerativeModel):
         self._hist_names: dict[str, list[str]] = {}
         if c.historical_averaging > 0:
             self._init_historical_averages()
+
+    def build_networks(self, c: AdversarialConfig, data: DataSpec) -> tuple[nn.Module, nn.Module]:
+        """(generator, critic) for config `c` on `data`, by `arch`: G maps (B, z_dim + num_labels) to samples in
+        model space, the critic is a `Critic` on (channels + critic_labels) · pack inputs. A family with
+        networks of its own (ProGAN's growing ones, StyleGAN's mapping and synthesis) overrides this."""
+        out_dim = self._critic_out_dim()
+        bound = bounded_output(data)
+        gen_in = c.z_dim + self.num_labels
+        vbn = c.virtual_batch_norm
+        if c.arch == "mlp":
+            if vbn:
+                gen = vbn_mlp(gen_in, data.dim, c.hidden, c.depth, c.vbn_reference, "relu", out_activation=bound)
+            else:
+                gen = mlp(gen_in, data.dim, c.hidden, c.depth, "relu", out_activation=bound)
+            # depth hidden layers, each followed by the activation; the head is the last linear layer.
+            body = mlp((data.dim + self.critic_labels) * c.pack, c.hidden, c.hidden, c.depth - 1, c.activation,
+                       out_activation=c.activation)
+            critic = Critic(body, c.hidden, out_dim, c.minibatch_discrimination)
+        elif c.arch == "dcgan":
+            check_dcgan_data(data)
+            norm = (lambda n: VirtualBatchNorm(n, c.vbn_reference)) if vbn else nn.BatchNorm2d
+            gen = DCGANGenerator(gen_in, data.shape, c.hidden, out_activation=bound, norm=norm)
+            channels, h, w = data.shape
+            critic_cls = RadfordCritic if c.critic == "radford" else DCGANCritic
+            body = critic_cls((channels + self.critic_labels) * c.pack, (h, w), c.hidden)
+            critic = Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination)
+            if c.critic == "radford":
+                radford_init(gen)
+                radford_init(critic)
+        elif c.arch == "sagan":
+            channels, size, _ = data.shape if len(data.shape) == 3 else (0, 0, 0)
+            sagan_blocks(data, c.attention)  # square images 4·2^k wide, attention at one of their resolutions
+            norm = (lambda n: VirtualBatchNorm(n, c.vbn_reference)) if vbn else nn.BatchNorm2d
+            gen = SAGANGenerator(gen_in, data.shape, c.hidden, c.attention, out_activation=bound, norm=norm)
+            body = SAGANCritic((channels + self.critic_labels) * c.pack, size, c.hidden, c.attention)
+            critic = apply_spectral_norm(Critic(body, body.feature_dim, out_dim, c.minibatch_discrimination))
+        else:
+            raise ValueError(f"arch: expected 'mlp', 'dcgan' or 'sagan', got {c.arch!r}")
+        return gen, critic
 
     def _critic_out_dim(self) -> int:
         return self.critic_out_dim
