@@ -153,7 +153,8 @@ def test_radford_model_init_and_the_pooled_critic_kept():
     assert biases and all(torch.count_nonzero(b) == 0 for b in biases)
     x = model.sample(3, generator=seeded(0))  # the generator's output convention: tanh into [-1, 1)
     assert x.shape == (3, 1, 28, 28) and x.min() >= -1 and x.max() < 1
-    pooled = small("gan", DIGITS, arch="dcgan", hidden=4)  # the default stays the pooled critic
+    assert isinstance(small("gan", DIGITS, arch="dcgan", hidden=4).critic.body, RadfordCritic)  # the default
+    pooled = small("gan", DIGITS, arch="dcgan", hidden=4, critic="pooled")  # kept, under its own name
     assert isinstance(pooled.critic.body, DCGANCritic)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in pooled.critic.modules())
 

@@ -611,7 +611,10 @@ def test_dcgan_backbone_shapes(data):
 @pytest.mark.parametrize("data", [DIGITS, MNIST], ids=["8x8", "28x28"])
 def test_dcgan_models(family, data):
     model = small(family, data, arch="dcgan", hidden=4, n_critic=1)
-    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.critic.modules())
+    # Radford et al.'s critic (batch norm) by default; a gradient penalty's critic is the per-sample pooled one
+    penalised = getattr(model.config, "gp_weight", 0) > 0
+    assert model.config.critic == ("pooled" if penalised else "radford")
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.critic.modules()) == (not penalised)
     batch = Batch(torch.rand(4, *data.shape) * 2 - 1)
     for g in model.step_groups():
         out = model.loss(batch, g.name)

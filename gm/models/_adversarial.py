@@ -80,7 +80,7 @@ class AdversarialConfig:
     pack: int = bounded(1, gt=0)  # PacGAN (Lin et al. 2018): the critic sees `pack` samples concatenated (1 = off)
     # arch dcgan: "radford" = Radford et al. 2016's D (BN after every conv but the first, flattened, N(0, 0.02)
     # init of both nets); "pooled" = no batch norm, global mean pool (per sample: valid under a gradient penalty)
-    critic: Literal["pooled", "radford"] = "pooled"
+    critic: Literal["pooled", "radford"] = "radford"  # a gradient-penalty family's default is "pooled"
     # Metz et al. 2017: the generator's loss through k differentiable critic gradient steps (0 = off)
     unroll_steps: int = bounded(0, ge=0)
     virtual_batch_norm: bool = False  # Salimans et al. 2016, §3.4: generator normalised by a fixed reference batch

@@ -14,6 +14,7 @@ h-space without its E‖X - X'‖ (real-real) term, which does not depend on the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -26,6 +27,7 @@ from gm.core.registry import register_family
 class CramerConfig(AdversarialConfig):
     h_dim: int = bounded(256, gt=0)  # Bellemare 2017, §5: the critic h maps into R^256
     gp_weight: float = bounded(10.0, ge=0)  # Bellemare 2017, Alg. 1: λ = 10
+    critic: Literal["pooled", "radford"] = "pooled"  # a penalised critic is per sample: no batch norm (as WGAN-GP)
     n_critic: int = bounded(5, gt=0)  # Bellemare 2017, Alg. 1 follows WGAN-GP: n_critic = 5
     lr_gen: float = bounded(1e-4, gt=0)  # Bellemare 2017, Alg. 1: Adam α = 1e-4
     lr_critic: float = bounded(1e-4, gt=0)

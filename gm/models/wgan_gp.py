@@ -17,6 +17,7 @@ class WGANGPConfig(AdversarialConfig):
     hidden: int = bounded(512, gt=0)  # gan_toy.py: 3×512 ReLU MLPs
     activation: Literal["relu", "leaky_relu", "tanh"] = "relu"  # gan_toy.py
     gp_weight: float = bounded(10.0, ge=0)  # WGAN-GP paper, λ = 10
+    critic: Literal["pooled", "radford"] = "pooled"  # Gulrajani 2017, §4: no batch norm in a penalised critic
     n_critic: int = bounded(5, gt=0)  # WGAN-GP paper, Alg. 1: n_critic = 5
     lr_gen: float = bounded(1e-4, gt=0)  # WGAN-GP paper, Alg. 1: α = 1e-4
     lr_critic: float = bounded(1e-4, gt=0)  # WGAN-GP paper, Alg. 1: α = 1e-4
