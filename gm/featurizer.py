@@ -73,11 +73,19 @@ class FeatureNet(nn.Module):
 
     Inputs are data-space images (N, C, H, W) of any size (stride-2 stages pad, so even
     a 1x1 map halves to 1x1); `normalise` maps them to the net's input space.
+
+    `channelwise`: the image's channels are independent images of `num_classes` classes each (stacked
+    digits: a digit per channel, as VEEGAN and PacGAN count modes). One net then reads every channel
+    alone; an image's features are its channels' side by side (C · feature_dim), and its class is its
+    channels' classes read as the digits of a base-`num_classes` number, with log-probability the sum of
+    theirs (`classes` = num_classes ** C of them). A classifier of C·K classes learns what K-way
+    channel classifiers learn from C times the examples.
     """
 
     def __init__(self, data: DataSpec, num_classes: int, cfg: FeaturizerConfig,
-                 mean: list[float] | None = None, std: list[float] | None = None):
+                 mean: list[float] | None = None, std: list[float] | None = None, channelwise: bool = False):
         super().__init__()
+        self.channelwise = channelwise
         if data.kind != "image" or len(data.shape) != 3:
             raise ValueError(f"a featurizer needs (C, H, W) images; got kind {data.kind!r}, shape {data.shape}")
         if num_classes < 2:
@@ -94,6 +102,8 @@ class FeatureNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(c, 1, 1))
         layers: list[nn.Module] = []
+        if channelwise:
+            c = 1
         for width in cfg.channels:
             layers += _conv(c, width, 1) + _conv(width, width, 2)
             c = width
@@ -110,22 +120,47 @@ class FeatureNet(nn.Module):
             raise ValueError(f"images have shape {tuple(x.shape[1:])}; this featurizer expects {self.data.shape}")
         return (x.float() - self.mean) / self.std
 
+    @property
+    def classes(self) -> int:
+        """How many classes an image has: num_classes, or num_classes ** C channel-wise."""
+        return self.num_classes ** self.data.shape[0] if self.channelwise else self.num_classes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.feature_dim * (self.data.shape[0] if self.channelwise else 1)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) normalised -> (N, feature_dim), or (N·C, feature_dim) channel-wise."""
+        if self.channelwise:
+            x = x.reshape(-1, 1, *x.shape[2:])  # every channel an image of its own
+        h = self.conv(x)  # (N, C', H', W')
+        return self.feature(h.mean(dim=(2, 3)))
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Data-space images (N, C, H, W) -> features (N, feature_dim)."""
-        h = self.conv(self.normalise(x))  # (N, C', H', W')
-        return self.feature(h.mean(dim=(2, 3)))  # (N, feature_dim)
+        """Data-space images (N, C, H, W) -> features (N, embed_dim)."""
+        return self._features(self.normalise(x)).reshape(len(x), self.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Data-space images -> class logits (N, num_classes)."""
-        return self.classifier(self.dropout(self.embed(x)))
+        """Data-space images -> class logits (N, classes); channel-wise, the joint log-probabilities."""
+        logits = self.classifier(self.dropout(self._features(self.normalise(x))))
+        if not self.channelwise:
+            return logits
+        per_channel = F.log_softmax(logits, dim=1).reshape(len(x), -1, self.num_classes)  # (N, C, K)
+        joint = per_channel[:, 0]
+        for c in range(1, per_channel.shape[1]):  # log p(d_1, ..., d_c) = Σ log p(d_i), flattened in C order
+            joint = (joint[:, :, None] + per_channel[:, c, None, :]).reshape(len(x), -1)
+        return joint
 
     def normalisation(self) -> dict:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
     def config_dict(self) -> dict:
         """Everything needed to rebuild the net (config.json; part of the hash)."""
-        return {"format": FORMAT, "featurizer": to_dict(self.cfg), "data": self.data.to_dict(),
-                "num_classes": self.num_classes, "normalisation": self.normalisation()}
+        out = {"format": FORMAT, "featurizer": to_dict(self.cfg), "data": self.data.to_dict(),
+               "num_classes": self.num_classes, "normalisation": self.normalisation()}
+        if self.channelwise:  # only then: every earlier featurizer keeps its config and hash
+            out["channelwise"] = True
+        return out
 
 
 # --------------------------------------------------------------------------- training
@@ -164,7 +199,8 @@ def _evaluate(net: FeatureNet, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train_featurizer(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                     spec: DataSpec, num_classes: int, cfg: FeaturizerConfig) -> tuple[FeatureNet, dict]:
+                     spec: DataSpec, num_classes: int, cfg: FeaturizerConfig,
+                     channelwise: bool = False) -> tuple[FeatureNet, dict]:
     """Train a FeatureNet on data-space images; keep the epoch with the best validation accuracy.
 
     Bit-for-bit deterministic given `cfg` on one machine and torch build: seeded (torch's
@@ -174,8 +210,9 @@ def train_featurizer(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
     """
     train_x, val_x = np.asarray(train_x, np.float32), np.asarray(val_x, np.float32)
     train_y, val_y = np.asarray(train_y, np.int64), np.asarray(val_y, np.int64)
-    _check_split(train_x, train_y, spec, num_classes, "train")
-    _check_split(val_x, val_y, spec, num_classes, "val")
+    classes = num_classes ** spec.shape[0] if channelwise else num_classes  # an image's labels span these
+    _check_split(train_x, train_y, spec, classes, "train")
+    _check_split(val_x, val_y, spec, classes, "val")
     started = time.perf_counter()
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -185,7 +222,7 @@ def train_featurizer(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
         torch.use_deterministic_algorithms(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            net, metrics = _fit(train_x, train_y, val_x, val_y, spec, num_classes, cfg)
+            net, metrics = _fit(train_x, train_y, val_x, val_y, spec, num_classes, cfg, channelwise)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
@@ -193,13 +230,15 @@ def train_featurizer(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray
     return net, metrics
 
 
-def _fit(train_x, train_y, val_x, val_y, data: DataSpec, num_classes: int, cfg: FeaturizerConfig):
+def _fit(train_x, train_y, val_x, val_y, data: DataSpec, num_classes: int, cfg: FeaturizerConfig,
+         channelwise: bool = False):
     mean = std = None
     if not data.levels:
         axes = (0, 2, 3)
         mean = train_x.mean(axis=axes, dtype=np.float64).tolist()
         std = [s if s > 0 else 1.0 for s in train_x.std(axis=axes, dtype=np.float64).tolist()]  # constant channel
-    net = FeatureNet(data, num_classes, cfg, mean, std)
+    # channel-wise, the cross-entropy of the joint log-probabilities is the sum of the channels' own
+    net = FeatureNet(data, num_classes, cfg, mean, std, channelwise)
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     xt, yt = torch.from_numpy(train_x), torch.from_numpy(train_y)
@@ -250,7 +289,7 @@ def features(net: FeatureNet, x_data: np.ndarray, batch_size: int = 1024) -> np.
     """Features (N, feature_dim) float64 of data-space images (N, C, H, W) or flattened (N, C*H*W)."""
     out = _batches(net, x_data, batch_size, net.embed)
     if not out:
-        return np.zeros((0, net.cfg.feature_dim))
+        return np.zeros((0, net.embed_dim))
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -264,7 +303,7 @@ def predict_proba(net: FeatureNet, x_data: np.ndarray, batch_size: int = 1024) -
     """Class probabilities p(y|x) (N, num_classes) float64 of data-space images: the softmax of
     the classifier's logits (eval mode, so without dropout)."""
     out = _batches(net, x_data, batch_size, lambda x: F.softmax(net(x).double(), dim=1))
-    return torch.cat(out).numpy() if out else np.zeros((0, net.num_classes))
+    return torch.cat(out).numpy() if out else np.zeros((0, net.classes))
 
 
 # --------------------------------------------------------------------------- storage
@@ -343,7 +382,7 @@ def load_featurizer(directory: str | Path) -> tuple[FeatureNet, str]:
             raise ValueError(f"format {conf.get('format')!r}; expected {FORMAT}")
         cfg = build(FeaturizerConfig, conf["featurizer"], "featurizer")
         net = FeatureNet(DataSpec.from_dict(conf["data"]), int(conf["num_classes"]), cfg,
-                         conf["normalisation"]["mean"], conf["normalisation"]["std"])
+                         conf["normalisation"]["mean"], conf["normalisation"]["std"], bool(conf.get("channelwise")))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{cfg_path}: not a featurizer config ({e}); {_rerun(directory)} again") from None
     try:

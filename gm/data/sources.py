@@ -256,7 +256,8 @@ class StackedDigits(Digits):
     def load(self, repo_root, seed):
         x, y, _ = super().load(repo_root, seed)  # the digit images: the material split by write_splits
         return x, y, _info("image", (3, self.size, self.size), stacked.LEVELS, stacked.MODES, [self.path],
-                           per_split=stacked.StackBuilder(self.n, self.size, seed), generated_from_files=True)
+                           per_split=stacked.StackBuilder(self.n, self.size, seed), generated_from_files=True,
+                           channel_classes=stacked.DIGIT_CLASSES)  # a digit per channel: the featurizer reads each
 
 
 @SOURCES.register("shapes32")

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from gm import stage
-from gm.data.io import data_spec, read_split
+from gm.data.io import data_spec, read_meta, read_split
 from gm.evaluation import PIXELS
 from gm.featurizer import FeaturizerConfig, predict, save_featurizer, train_featurizer
 from gm.core.files import write_json
@@ -37,7 +37,10 @@ def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
     train_x, train_y = read_split(data_dir, "train")
     val_x, val_y = read_split(data_dir, "val")
     test_x, test_y = read_split(data_dir, "test")
-    net, fit = train_featurizer(train_x, train_y, val_x, val_y, data, data.num_classes, cfg)
+    meta = read_meta(data_dir)
+    per_channel = meta.get("channel_classes")  # stacked digits: a K-way classifier reads every channel alone
+    net, fit = train_featurizer(train_x, train_y, val_x, val_y, data, per_channel or data.num_classes, cfg,
+                                channelwise=bool(per_channel))
     test_accuracy = float((predict(net, test_x) == test_y).mean())
     summary = {"test_accuracy": test_accuracy, "val_accuracy": fit["val_accuracy"],
                "train_accuracy": fit["train_accuracy"], "best_epoch": fit["best_epoch"],
