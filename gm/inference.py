@@ -6,6 +6,8 @@ deterministically given a seed, in batches that bound memory.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -43,12 +45,18 @@ def data_log_prob(model: GenerativeModel, spec: DataSpec, x: np.ndarray, seed: i
 
 @torch.no_grad()
 def sample_data(model: GenerativeModel, spec: DataSpec, n: int, seed: int = 0,
-                condition: torch.Tensor | None = None, batch_size: int = 4096) -> np.ndarray:
+                condition: torch.Tensor | None = None, batch_size: int = 4096,
+                truncation: float | None = None) -> np.ndarray:
     """n samples in data space, shape (n, *spec.shape), deterministic given the seed.
 
     A conditional family with no `condition` samples every class in turn (class-balanced),
     which is what validation and evaluation compare against.
     """
+    extra = {}
+    if truncation is not None:  # the truncation trick: StyleGAN's ψ in w space, BigGAN's threshold on z
+        if "truncation" not in inspect.signature(model.sample).parameters:
+            raise ValueError(f"truncation: {model.registry_name} has no truncation trick; drop 'truncation'")
+        extra["truncation"] = float(truncation)
     g = torch.Generator(device=model.device).manual_seed(seed)
     if condition is None and model.capabilities.conditional:
         condition = torch.arange(n, device=model.device) % spec.num_classes
@@ -56,7 +64,7 @@ def sample_data(model: GenerativeModel, spec: DataSpec, n: int, seed: int = 0,
     for i in range(0, n, batch_size):
         m = min(batch_size, n - i)
         cond = condition[i:i + m] if condition is not None else None
-        out.append(spec.to_data(model.sample(m, generator=g, condition=cond)).cpu())
+        out.append(spec.to_data(model.sample(m, generator=g, condition=cond, **extra)).cpu())
     return torch.cat(out).numpy().astype(np.float32)
 
 

@@ -3,6 +3,7 @@
     model = mlflow.pyfunc.load_model("models:/gm-wgan_gp-grid25@champion")
     x = model.predict([{"n": 2500, "seed": 0}])            # (n, *data_shape), data space
     x = model.predict([{"n": 10, "label": 3}])             # conditional families
+    x = model.predict([{"n": 16, "truncation": 0.7}])      # StyleGAN: w̄ + ψ (w - w̄); BigGAN: |z| <= 0.7
     lp = model.predict([{"log_prob": x.tolist()}])         # (n,) nats, data space (bound: see tags)
 
 This file is what the registry stores as the model's code (MLflow's models-from-code, logged by
@@ -32,6 +33,7 @@ class Request(pydantic.BaseModel):
     n: Optional[int] = None
     seed: int = 0
     label: Optional[int] = None
+    truncation: Optional[float] = None  # StyleGAN's ψ, BigGAN's threshold (families with the trick); None: off
     log_prob: Optional[list[list[float]]] = None
 
 
@@ -80,7 +82,9 @@ def predict(model, request: Any) -> np.ndarray:
     if request.get("label") is not None:
         labels = np.broadcast_to(np.asarray(request["label"], dtype=np.int64), (n,))
         condition = torch.from_numpy(labels.copy())
-    return sample_data(model, spec, n, seed=seed, condition=condition)
+    truncation = request.get("truncation")
+    return sample_data(model, spec, n, seed=seed, condition=condition,
+                       truncation=None if truncation is None else float(truncation))
 
 
 if __name__ != "gm.serving":  # loaded by MLflow from the registry as the model's code (models-from-code)

@@ -343,3 +343,16 @@ def test_configs_and_data_it_refuses():
         stylegan(DataSpec(shape=(1, 28, 28), kind="image", levels=256))
     with pytest.raises(ValueError, match="square"):
         stylegan(DataSpec(shape=(1, 8, 6), kind="image", levels=17))
+
+
+def test_the_registry_request_takes_a_truncation_and_a_family_without_the_trick_refuses_it():
+    from gm.serving import predict_many
+
+    model = random_model(TOY).eval()  # the toy StyleMLP has no noise inputs: ψ = 0 is one point, w̄'s
+    at_mean = predict_many(model, [{"n": 4, "seed": 1, "truncation": 0.0}])
+    assert at_mean.shape == (4, 2) and torch.allclose(torch.from_numpy(at_mean), torch.from_numpy(at_mean[:1]))
+    plain = predict_many(model, [{"n": 4, "seed": 1}])
+    assert (predict_many(model, [{"n": 4, "seed": 1, "truncation": 1.0}]) == plain).all()  # ψ = 1: no truncation
+    gan = FAMILIES["gan"](build(FAMILIES["gan"].config_cls, {"hidden": 8, "depth": 1}, "test.gan"), TOY)
+    with pytest.raises(ValueError, match="truncation: gan has no truncation trick"):
+        predict_many(gan, [{"n": 2, "truncation": 0.5}])

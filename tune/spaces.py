@@ -245,3 +245,34 @@ def sagan_space() -> dict:
         "model.lr_gen": {"loguniform": [3e-5, 3e-4]},  # the paper's 1e-4
         "model.hidden": {"choice": [16, 32, 64]},
     }
+
+
+@register_space("biggan")
+def biggan_space() -> dict:
+    return {
+        "model.lr_critic": {"loguniform": [5e-5, 1e-3]},  # the paper's 2e-4 mid-range
+        "model.lr_gen": {"loguniform": [1e-5, 2e-4]},  # the paper's 5e-5
+        "model.ortho_beta": {"loguniform": [1e-5, 1e-3]},  # §3.1: β = 1e-4
+        "model.hidden": {"choice": [16, 32, 64]},
+    }
+
+
+@register_space("progan")
+def progan_space() -> dict:
+    return {
+        "model.lr_gen": {"loguniform": [3e-4, 3e-3]},  # the paper's 1e-3 mid-range
+        "model.lr_critic": {"loguniform": [3e-4, 3e-3]},
+        "model.phase_steps": {"choice": [0, 100, 250, 500]},  # steps per growing phase (0: no growing)
+        "model.hidden": {"choice": [32, 64, 128]},
+    }
+
+
+@register_space("stylegan")
+def stylegan_space() -> dict:
+    return {
+        "model.r1_gamma": {"loguniform": [0.1, 100.0]},  # the paper's γ = 10 (FFHQ) mid-range (log scale)
+        "model.mixing_prob": {"choice": [0.0, 0.5, 0.9]},  # off, half, the paper's 0.9
+        "model.mapping_layers": {"choice": [1, 2, 4, 8]},  # the paper's 8
+        "model.lr_gen": {"loguniform": [3e-4, 3e-3]},  # around Adam 1e-3 (Appendix C)
+        "model.lr_critic": {"loguniform": [3e-4, 3e-3]},
+    }
