@@ -44,6 +44,16 @@ def tmp_repo(tmp_path) -> Path:
     return copy_repo(tmp_path / "repo")
 
 
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory) -> Path:
+    """A root holding only the bundled digits (data/digits/digits.csv.gz)."""
+    from gm.data.bootstrap import materialise_default_data
+
+    root = tmp_path_factory.mktemp("repo")
+    materialise_default_data(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
     """A root with tiny prepared datasets (artifacts/prepared/<name>) and params.yaml."""

@@ -42,13 +42,6 @@ def nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def digits_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("repo")
-    materialise_default_data(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def digits_prepared(digits_root, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("prepared")
     meta = stage.prepare("digits", src({"source": "digits"}), digits_root, out, 0, 0.1, 0.2)

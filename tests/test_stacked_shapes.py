@@ -11,7 +11,6 @@ import pytest
 
 from gm.core.config import ConfigError
 from gm.data import shapes, stacked
-from gm.data.bootstrap import materialise_default_data
 from gm.data.io import read_meta, read_split, split_indices
 from gm.data.sources import build_source, source_hash
 from gm.stages import prepare as stage
@@ -21,13 +20,6 @@ N = 3000
 
 def src(cfg: dict):
     return build_source("ds", cfg, "data.datasets.ds")
-
-
-@pytest.fixture(scope="module")
-def digits_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("repo")
-    materialise_default_data(root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -220,7 +220,15 @@ class AdversarialModel(GenerativeModel):
         if train.batch_size % config.pack:
             raise ConfigError(f"pack: expected a divisor of train.batch_size ({train.batch_size}), got {config.pack}")
 
+    # image networks with no meaning on vectors (SAGAN's, ProGAN's, StyleGAN's and BigGAN's nets have no
+    # positions to attend over, grow or modulate there): on toy data, a family with `vector_fallback` that
+    # asks for one runs MLPs instead, with its own loss and settings
+    IMAGE_ONLY_ARCHS: ClassVar[tuple[str, ...]] = ("sagan", "progan", "stylegan", "biggan")
+    vector_fallback: ClassVar[bool] = False
+
     def __init__(self, config: AdversarialConfig, data: DataSpec):
+        if self.vector_fallback and config.arch in self.IMAGE_ONLY_ARCHS and data.kind != "image":
+            config = replace(config, arch="mlp")
         super().__init__(config, data)
         c = config
         # Labels into the generator (num_labels) and into the critic's input (critic_labels).
@@ -303,6 +311,16 @@ class AdversarialModel(GenerativeModel):
             return c.instance_noise
         return c.instance_noise * max(0.0, 1.0 - int(self.critic_steps) / c.instance_noise_steps)
 
+    def critic_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, ...) as the critic reads it: whole packs checked, in the data's shape, with instance noise in
+        training mode."""
+        b, m = x.shape[0], self.config.pack
+        if b % m:
+            raise ValueError(f"pack = {m}: the critic needs a batch of whole packs, got {b} samples")
+        x = x.reshape(b, *self.data.shape)
+        std = self.instance_noise_std() if self.training else 0.0
+        return x + std * torch.randn_like(x) if std > 0 else x
+
     def critic_forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(out (G, critic_out_dim), penultimate features (G, F)) for inputs x (B, *shape) or (B, D).
 
@@ -311,14 +329,8 @@ class AdversarialModel(GenerativeModel):
         training mode every input gets instance noise; the features include the
         minibatch-discrimination outputs when those are on.
         """
-        b = x.shape[0]
-        m = self.config.pack
-        if b % m:
-            raise ValueError(f"pack = {m}: the critic needs a batch of whole packs, got {b} samples")
-        x = x.reshape(b, *self.data.shape)
-        std = self.instance_noise_std() if self.training else 0.0
-        if std > 0:
-            x = x + std * torch.randn_like(x)
+        x = self.critic_input(x)
+        b, m = x.shape[0], self.config.pack
         onehot = one_hot_labels(self, y, b, self.critic_labels, x.device)
         if self.config.arch == "mlp":
             x = x.flatten(1)  # (B, D)

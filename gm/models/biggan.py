@@ -38,7 +38,7 @@ discrimination and virtual batch norm (the generator's batch norms are BigGAN's 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -50,14 +50,13 @@ from gm.core.registry import register_family
 from gm.data.dataspec import DataSpec
 from gm.models._adversarial import AdversarialConfig, AdversarialModel
 from gm.models.base import Batch, ModelOutput
+from gm.models.sagan import HingeObjectives
 from gm.nn.biggan import BigGANCritic, BigGANGenerator, biggan_blocks
 from gm.nn.mlp import bounded_output, check_unconditional, clamp_to_model_space, label_count, one_hot_labels
 from gm.nn.precision import fp32, full_precision
 from gm.nn.scaled import (
     ORTHO_BETA,
     apply_spectral_norm,
-    hinge_critic_loss,
-    hinge_generator_loss,
     orthogonal_regularization,
     power_iterations_paused,
     truncated_noise,
@@ -95,16 +94,15 @@ class BigGANConfig(AdversarialConfig):
 
 
 @register_family("biggan")
-class BigGAN(AdversarialModel):
+class BigGAN(HingeObjectives, AdversarialModel):
     """Class-conditional (when `conditional`) residual generator and projection critic, hinge loss,
     orthogonal regularisation of G, truncated sampling."""
 
     config_cls = BigGANConfig
+    vector_fallback = True
 
     def __init__(self, config: BigGANConfig, data: DataSpec):
-        if config.arch in ("biggan", "sagan") and data.kind != "image":
-            config = replace(config, arch="mlp")
-        if config.arch == "biggan":
+        if config.arch == "biggan" and data.kind == "image":  # on vectors: MLPs (vector_fallback), which take these
             refused = {"minibatch_discrimination": config.minibatch_discrimination != 0,
                        "virtual_batch_norm": config.virtual_batch_norm,
                        "pack": config.pack > 1 and config.conditional}
@@ -162,29 +160,15 @@ class BigGAN(AdversarialModel):
         """(D(x, y) (G, 1), φ(x) (G, F)); arch biggan: labels into the projection head, not the input."""
         if self.config.arch != "biggan":
             return super().critic_forward(x, y)
+        x = self.critic_input(x)
         b, m = x.shape[0], self.config.pack
-        if b % m:
-            raise ValueError(f"pack = {m}: the critic needs a batch of whole packs, got {b} samples")
-        x = x.reshape(b, *self.data.shape)
-        std = self.instance_noise_std() if self.training else 0.0
-        if std > 0:
-            x = x + std * torch.randn_like(x)
         labels = self.labels(y, b, x.device)
         if m > 1:  # unconditional only (refused otherwise): packs stacked along the channels
             x = x.reshape(b // m, m * x.shape[1], *x.shape[2:])
         out, features = self.critic(x, labels)
         return fp32(out), fp32(features)
 
-    # -- losses -------------------------------------------------------------------
-    def critic_objective(self, real, fake, y):
-        d_real = self.critic_forward(real, y)[0]
-        d_fake = self.critic_forward(fake, y)[0]
-        loss = hinge_critic_loss(d_real, d_fake)
-        return loss, {"d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
-
-    def generator_objective(self, fake, y, real):
-        return hinge_generator_loss(self.critic_forward(fake, y)[0]), {}
-
+    # -- losses (the hinge objectives: HingeObjectives) ----------------------------
     def orthogonal_penalty(self) -> torch.Tensor:
         """β Σ_W ‖W Wᵀ ⊙ (1 - I)‖²_F over the generator's Linear and conv weights (un-normalised), in fp32."""
         device = self.critic_steps.device

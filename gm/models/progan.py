@@ -25,7 +25,7 @@ those on images too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -94,10 +94,9 @@ class ProGAN(AdversarialModel):
     """A growing generator and critic (equalised LR, pixel norm, minibatch stddev) under WGAN-GP + drift."""
 
     config_cls = ProGANConfig
+    vector_fallback = True
 
     def __init__(self, config: ProGANConfig, data: DataSpec):
-        if config.arch == "progan" and data.kind != "image":
-            config = replace(config, arch="mlp")
         super().__init__(config, data)  # build_networks sets self.growth, the schedule both nets read
         self.pixel_norm = PixelNorm()
 

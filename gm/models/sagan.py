@@ -12,7 +12,7 @@ family can use); the stabilisers of the adversarial base apply as for every fami
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from gm.core.config import bounded
@@ -32,21 +32,9 @@ class SAGANConfig(AdversarialConfig):
     n_critic: int = bounded(1, gt=0)  # §4.2: one critic step per generator step (TTUR instead of 5)
 
 
-@register_family("sagan")
-class SAGAN(AdversarialModel):
-    """Generator and critic with self-attention and spectral norm, trained with the hinge loss.
-
-    On vectors (toy data) there are no positions to attend over: `arch: sagan` becomes spectrally
-    normalised MLPs (SNGAN's networks, Miyato et al. 2018) with the same loss and learning rates."""
-
-    config_cls = SAGANConfig
-
-    def __init__(self, config: SAGANConfig, data: DataSpec):
-        if config.arch == "sagan" and data.kind != "image":
-            config = replace(config, arch="mlp")
-        super().__init__(config, data)
-        apply_spectral_norm(self.gen)  # §4.1: both networks, whatever the backbone
-        apply_spectral_norm(self.critic)
+class HingeObjectives:
+    """The hinge loss (Lim & Ye 2017; SAGAN §5, BigGAN): E relu(1 - D(x)) + E relu(1 + D(G(z))) for the critic,
+    -E D(G(z)) for the generator."""
 
     def critic_objective(self, real, fake, y):
         d_real = self.critic_forward(real, y)[0]
@@ -56,3 +44,19 @@ class SAGAN(AdversarialModel):
 
     def generator_objective(self, fake, y, real):
         return hinge_generator_loss(self.critic_forward(fake, y)[0]), {}
+
+
+@register_family("sagan")
+class SAGAN(HingeObjectives, AdversarialModel):
+    """Generator and critic with self-attention and spectral norm, trained with the hinge loss.
+
+    On vectors (toy data) there are no positions to attend over: `arch: sagan` becomes spectrally
+    normalised MLPs (SNGAN's networks, Miyato et al. 2018) with the same loss and learning rates."""
+
+    config_cls = SAGANConfig
+    vector_fallback = True
+
+    def __init__(self, config: SAGANConfig, data: DataSpec):
+        super().__init__(config, data)
+        apply_spectral_norm(self.gen)  # §4.1: both networks, whatever the backbone
+        apply_spectral_norm(self.critic)

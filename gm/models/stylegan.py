@@ -40,7 +40,7 @@ truncation work as on images. The search space and the registry's `truncation` r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
@@ -124,10 +124,9 @@ class StyleGAN(AdversarialModel):
     """Mapping + style synthesis network against ProGAN's critic, non-saturating logistic loss with R1."""
 
     config_cls = StyleGANConfig
+    vector_fallback = True
 
     def __init__(self, config: StyleGANConfig, data: DataSpec):
-        if config.arch == "stylegan" and data.kind != "image":
-            config = replace(config, arch="mlp")
         super().__init__(config, data)
         self.register_buffer("w_avg", torch.zeros(config.w_dim))  # w̄, the paper's dlatent_avg (starts at 0)
         self._batch_w: torch.Tensor | None = None  # the generator step's mean w1, folded in by after_step

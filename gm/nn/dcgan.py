@@ -111,13 +111,18 @@ class DCGANGenerator(nn.Module):
         return self.net(self.project(z).view(z.shape[0], c, s, s))  # (B, C, H, W)
 
 
+def critic_sizes(in_channels: int, size: tuple[int, int], base: int) -> tuple[list[int], list[int]]:
+    """A DCGAN critic's map sizes, large to small (e.g. [28, 14, 7, 4]), and its widths ([C, b, 2b, 4b])."""
+    sizes = dcgan_sizes(size[0])
+    return sizes, [in_channels] + [base * 2 ** i for i in range(len(sizes) - 1)]
+
+
 class DCGANCritic(nn.Module):
     """image (B, C, H, W) -> features (B, F): strided convs + LeakyReLU(0.2), no batch norm, global mean pool."""
 
     def __init__(self, in_channels: int, size: tuple[int, int], base: int):
         super().__init__()
-        sizes = dcgan_sizes(size[0])  # large -> small, e.g. [28, 14, 7, 4]
-        widths = [in_channels] + [base * 2 ** i for i in range(len(sizes) - 1)]  # e.g. [C, b, 2b, 4b]
+        sizes, widths = critic_sizes(in_channels, size, base)
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             layers += [_down(widths[i], widths[i + 1], sizes[i], sizes[i + 1]), nn.LeakyReLU(0.2)]
@@ -138,8 +143,7 @@ class RadfordCritic(nn.Module):
 
     def __init__(self, in_channels: int, size: tuple[int, int], base: int):
         super().__init__()
-        sizes = dcgan_sizes(size[0])  # large -> small, e.g. [28, 14, 7, 4]
-        widths = [in_channels] + [base * 2 ** i for i in range(len(sizes) - 1)]  # e.g. [C, b, 2b, 4b]
+        sizes, widths = critic_sizes(in_channels, size, base)
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
             first = i == 0
