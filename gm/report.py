@@ -43,7 +43,9 @@ COLUMNS = {  # metric -> header
     "seeds": "seeds", "modes": "modes", "hq_pct": "HQ %", "rkl": "reverse KL", "w1": "W1",
     "w1_floor": "W1 floor", "fd": "FD", "kid": "KID", "precision": "precision", "recall": "recall",
     "density": "density", "coverage": "coverage", "class_coverage": "class coverage",
-    "class_entropy_ratio": "class entropy ratio", "test_bits_per_dim": "test bits/dim",
+    "class_entropy_ratio": "class entropy ratio", "modes_covered": "modes covered", "mode_kl": "mode KL",
+    "classifier_score": "classifier score", "classifier_score_test": "classifier score (test data)",
+    "test_bits_per_dim": "test bits/dim",
     "test_nll_nats": "test NLL (nats)", "samples_per_s": "samples/s",
 }
 
