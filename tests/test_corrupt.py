@@ -21,7 +21,7 @@ from gm.core.layout import Layout
 from gm.core.registry import FAMILIES
 from gm.data.io import check_split, data_spec, read_meta, read_split
 from gm.models.base import build_model, load_model, save_model
-from gm.training.driver import SNAPSHOT, check_buildable, check_runs, corrupt_cause, start_or_resume
+from gm.training.driver import SNAPSHOT, check_buildable, corrupt_cause, start_or_resume
 from gm.training.engine import Stepper
 from gm.training.loop import load_checkpoint, read_checkpoint, write_checkpoint
 from tests.helpers import REPO, TOY, tiny_params
@@ -282,18 +282,6 @@ def test_a_damaged_checkpoint_stops_the_resume_with_one_line(run, damage):
         assert what in msg and "--fresh" in msg and f"remove {ckpt.parent}" in msg, msg
     assert ckpt.is_dir()  # not skipped silently, nor removed behind the user's back
     assert start_or_resume(storage, name, "d", fresh=True) is False and not ckpt.exists()  # --fresh: from step 0
-
-
-def test_the_stage_can_check_its_runs_before_ray_starts(run):
-    storage, name, ckpt = run
-    check_runs(storage, [name], "d")
-    truncate(ckpt / "state.pt")
-    with pytest.raises(CorruptFile) as e:
-        check_runs(storage, [name], "d")
-    one_line(e.value, ckpt / "state.pt")
-    check_runs(storage, [name], "d", fresh=True)  # a run that starts afresh is not read
-    check_runs(storage, [name], "another definition")
-    assert ckpt.is_dir()  # nothing cleared: start_or_resume decides that
 
 
 def test_a_malicious_checkpoint_is_refused_before_the_resume(run, tmp_path):

@@ -18,7 +18,7 @@ from gm.training.experiment import ExperimentConfig
 from gm.core.files import write_json
 from gm.core.layout import Layout
 from gm.models.base import load_model
-from gm.training.driver import TrainOutcome, check_buildable, check_runs, fit_many, mark_completed, start_or_resume
+from gm.training.driver import TrainOutcome, check_buildable, fit_many, mark_completed, start_or_resume
 from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import reported_metric
 from gm.core import timing
@@ -90,18 +90,18 @@ def train(name: str, root: Path, fresh: bool = False) -> dict:
     runs = seed_runs(exp)
     storage = storage_path(params.ray, root)
     defined = definition(exp, data_dir, root)
-    with phase("check"):  # before Ray starts: the data, the model's config, the checkpoints to resume from
+    with phase("check"):  # before Ray starts: the data and the model's config
         check_buildable(exp, data_dir)
-        check_runs(storage, [run_name for _, run_name in runs], defined, fresh)
     out = Layout(root).train(name)
     with phase("mlflow_setup"):  # first: a tracking server that does not answer stops the stage before Ray starts
         tracking.setup(params.mlflow, root)
+    # still before Ray: each run to resume is vetted (its latest checkpoint loads), the others cleared
+    resumed = [start_or_resume(storage, run_name, defined, fresh) for _, run_name in runs]
     with phase("ray_start"):
         init_ray(params.ray)
     tags = tracking.stage_tags("train", name, root, exp.dataset, **{"gm.family": exp.family})
     with tracking.run(f"train/{name}", tags) as parent:
         tracking.log_params(exp.to_dict())
-        resumed = [start_or_resume(storage, run_name, defined, fresh) for _, run_name in runs]
         tracking.log_params({"resumed_seeds": ",".join(str(e.train.seed) for (e, _), r in zip(runs, resumed) if r)
                              or "none"})
         with phase("fits"):  # start_or_resume cleared what must start afresh: Train resumes the rest

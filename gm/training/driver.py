@@ -247,15 +247,6 @@ def resumes(storage: str, name: str, definition: str, fresh: bool = False) -> bo
     return record is not None and record.get("definition") == definition and not record.get("completed")
 
 
-def check_runs(storage: str, names: list[str], definition: str, fresh: bool = False) -> None:
-    """Before Ray starts: each run that `start_or_resume` will resume loads from its latest checkpoint
-    (`check_resumable`), so a damaged checkpoint stops the stage in the driver, in one line, with no Ray to
-    start and stop; nothing is cleared or recorded here."""
-    for name in names:
-        if resumes(storage, name, definition, fresh):
-            check_resumable(storage, name)
-
-
 def start_or_resume(storage: str, name: str, definition: str, fresh: bool = False) -> bool:
     """True (resume) when storage/name holds an unfinished run of the same `definition` (a stage whose
     driver was killed) and not `fresh`; otherwise the folder is cleared, the new definition recorded,
@@ -334,12 +325,11 @@ def fit(exp: ExperimentConfig, data_dir: Path, storage: str, name: str, resume: 
     """Train one experiment under Ray Train; the outcome points at the checkpoint `train.select` picks.
 
     A fresh run unless `resume`: then an interrupted run of the same name continues
-    from its latest checkpoint (worker failures inside a run recover either way), once it loads here
-    (`check_resumable`). A damaged file that a worker meets anyway comes back as its own CorruptFile.
+    from its latest checkpoint (worker failures inside a run recover either way); `start_or_resume`
+    vets that checkpoint before Ray starts. A damaged file that a worker meets anyway comes back as its
+    own CorruptFile.
     """
-    if resume:
-        check_resumable(storage, name)
-    else:
+    if not resume:
         clear_run(storage, name)
     started, t0 = time.time(), time.perf_counter()
     trainer = make_trainer(exp, data_dir, storage, name)
