@@ -48,7 +48,7 @@ from gm.nn.mlp import (
 from gm.core.numerics import rand, randn
 from gm.nn.precision import fp32, full_precision
 from gm.nn.sagan import SAGANCritic, SAGANGenerator, sagan_blocks
-from gm.nn.scaled import apply_spectral_norm, power_iterations_paused
+from gm.nn.scaled import apply_spectral_norm, power_iterations_paused, running_stats_paused
 from gm.nn.vbn import ReferenceBatch, VirtualBatchNorm, reference_input, vbn_mlp
 
 # Salimans et al.'s code (improved-gan): 5 dimensions per minibatch-discrimination kernel.
@@ -448,16 +448,23 @@ class AdversarialModel(GenerativeModel):
         if self.config.historical_averaging > 0:
             self._update_historical_averages(group)
 
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                condition: torch.Tensor | None = None) -> torch.Tensor:
+        return self.sample_with(n, generator, condition)
+
+    @torch.no_grad()
+    def sample_with(self, n: int, generator: torch.Generator | None, condition: torch.Tensor | None,
+                    **options) -> torch.Tensor:
+        """n samples (n, *shape) in model space, `options` passed to `generate` (a family's truncation trick).
+        A sample leaves the generator as it was: no spectral norm's power iteration, no update of batch
+        norm's running statistics (in training mode it still normalises by the batch)."""
         if self.num_labels:
             if condition is None:
                 raise ValueError(f"{type(self).__name__} is conditional: pass condition= int64 labels of shape (n,)")
         else:
             check_unconditional(self, condition)
-        with power_iterations_paused(self.gen):  # a sample leaves a spectrally normalised generator as it was
-            return clamp_to_model_space(self.generate(n, condition, generator), self.data)  # (n, *shape)
+        with power_iterations_paused(self.gen), running_stats_paused(self.gen):
+            return clamp_to_model_space(self.generate(n, condition, generator, **options), self.data)
 
     # -- historical averaging (Salimans et al. 2016, §3.3) ------------------------
     def _group_params(self, group: str) -> list[nn.Parameter]:

@@ -37,7 +37,6 @@ discrimination and virtual batch norm (the generator's batch norms are BigGAN's 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,30 +51,14 @@ from gm.models._adversarial import AdversarialConfig, AdversarialModel
 from gm.models.base import Batch, ModelOutput
 from gm.models.sagan import HingeObjectives
 from gm.nn.biggan import BigGANCritic, BigGANGenerator, biggan_blocks
-from gm.nn.mlp import bounded_output, check_unconditional, clamp_to_model_space, label_count, one_hot_labels
+from gm.nn.mlp import bounded_output, label_count, one_hot_labels
 from gm.nn.precision import fp32, full_precision
 from gm.nn.scaled import (
     ORTHO_BETA,
     apply_spectral_norm,
     orthogonal_regularization,
-    power_iterations_paused,
     truncated_noise,
 )
-
-
-@contextlib.contextmanager
-def running_stats_paused(module: nn.Module):
-    """Within the block, batch norms in training mode still normalise by the batch's statistics but leave
-    their running statistics (and counts) as they are: drawing samples must not change the model."""
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-             and m.track_running_stats]
-    for m in norms:
-        m.track_running_stats = False
-    try:
-        yield module
-    finally:
-        for m in norms:
-            m.track_running_stats = True
 
 
 @dataclass(frozen=True)
@@ -183,16 +166,7 @@ class BigGAN(HingeObjectives, AdversarialModel):
         return ModelOutput(out.loss + penalty, {**out.values, "ortho_penalty": penalty.detach()})
 
     # -- sampling -----------------------------------------------------------------
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
                truncation: float | None = None) -> torch.Tensor:
         """n samples (n, *shape) in model space; `truncation`: the truncation trick's threshold (None = off)."""
-        if self.num_labels:
-            if condition is None:
-                raise ValueError(f"{type(self).__name__} is conditional: pass condition= int64 labels of shape (n,)")
-        else:
-            check_unconditional(self, condition)
-        # A sample leaves the generator as it was: no power iteration, no update of batch-norm running statistics.
-        with power_iterations_paused(self.gen), running_stats_paused(self.gen):
-            x = self.generate(n, condition, generator, truncation)
-        return clamp_to_model_space(x, self.data)  # (n, *shape)
+        return self.sample_with(n, generator, condition, truncation=truncation)

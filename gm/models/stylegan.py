@@ -53,7 +53,7 @@ from gm.core.registry import register_family
 from gm.data.dataspec import DataSpec
 from gm.models._adversarial import AdversarialConfig, AdversarialModel, Critic
 from gm.models.gan import discriminator_loss
-from gm.nn.mlp import bounded_output, check_unconditional, clamp_to_model_space, mlp
+from gm.nn.mlp import bounded_output, mlp
 from gm.nn.precision import fp32, full_precision
 from gm.nn.scaled import truncate_w
 from gm.nn.stylegan import (
@@ -178,7 +178,6 @@ class StyleGAN(AdversarialModel):
             ws = truncate_w(ws, self.w_avg.to(ws.dtype), truncation)
         return self.gen.synthesis(ws, generator).view(n, *self.data.shape)
 
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, condition: torch.Tensor | None = None,
                truncation: float = 1.0) -> torch.Tensor:
         """n samples (n, *shape) in model space, never mixed, deterministic given `generator`; `truncation` ψ
@@ -186,13 +185,7 @@ class StyleGAN(AdversarialModel):
         truncation = float(truncation)
         if truncation != truncation or abs(truncation) == float("inf"):
             raise ValueError(f"truncation: expected a finite ψ, got {truncation}")
-        if self.num_labels:
-            if condition is None:
-                raise ValueError(f"{type(self).__name__} is conditional: pass condition= int64 labels of shape (n,)")
-        else:
-            check_unconditional(self, condition)
-        x = self.generate(n, condition, generator, truncation=truncation, mixing=False)
-        return clamp_to_model_space(x, self.data)
+        return self.sample_with(n, generator, condition, truncation=truncation, mixing=False)
 
     def after_step(self, group: str) -> None:
         """The base's bookkeeping, then w̄ <- β w̄ + (1 - β) mean(w) of the generator step just taken."""

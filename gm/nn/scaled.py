@@ -128,6 +128,21 @@ def power_iterations_paused(module: nn.Module):
             m.train(mode)
 
 
+@contextlib.contextmanager
+def running_stats_paused(module: nn.Module):
+    """Within the block, batch norms in training mode still normalise by the batch's statistics but leave
+    their running statistics (and counts) as they are: drawing samples must not change the model."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield module
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
 def apply_spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: float = 1e-12) -> nn.Module:
     """Spectrally normalise (Miyato et al. 2018) the weight of every Linear and convolution in `module`,
     in place; returns `module`. One power iteration per training forward is the paper's choice: the
