@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import math
 import os
+import re
 import socket
 import subprocess
 import time
@@ -86,6 +87,11 @@ def check_server(uri: str, tries: int = 3, timeout: float = 5.0) -> None:
                               "or point MLFLOW_TRACKING_URI at one that runs; nothing was done")
 
 
+# An HTTP status as MLflow's REST client words it ("failed with error code 403 != 200"); a bare "403" in the
+# text may be part of a port or an id (http://127.0.0.1:53403 refused the connection).
+_STATUS = re.compile(r"(?:error code|status code|HTTP|response code)\s*:?\s*(40[13])\b")
+
+
 def unavailable(error: BaseException) -> str | None:
     """The one line to print when `error` (from any MLflow call) means the tracking server went away or
     refused the credentials; None for every other error."""
@@ -101,10 +107,12 @@ def unavailable(error: BaseException) -> str | None:
         if isinstance(error, TrackingUnavailable):
             return text
         if isinstance(error, MlflowException):
-            if "401" in text or getattr(error, "error_code", "") == "UNAUTHENTICATED":
+            status = _STATUS.search(text)
+            code = getattr(error, "error_code", "")
+            if code == "UNAUTHENTICATED" or (status and status.group(1) == "401"):
                 return (f"MLflow tracking server {uri} refused the request (401 Unauthorized): set "
                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
-            if "403" in text or getattr(error, "error_code", "") == "PERMISSION_DENIED":
+            if code == "PERMISSION_DENIED" or (status and status.group(1) == "403"):
                 return f"MLflow tracking server {uri}: permission denied (403) for this user"
             if any(k in text for k in ("Max retries exceeded", "Connection refused", "ConnectionError",
                                        "Read timed out", "RemoteDisconnected")):

@@ -126,7 +126,18 @@ def test_a_server_lost_mid_stage_or_refusing_us_is_named_in_one_line():
         assert "stopped answering" in tracking.unavailable(lost)
     refused = MlflowException("API request to endpoint /x failed with error code 401 != 200")
     assert "MLFLOW_TRACKING_USERNAME" in tracking.unavailable(refused)
+    assert "permission denied" in tracking.unavailable(
+        MlflowException("API request to endpoint /x failed with error code 403 != 200"))
     assert tracking.unavailable(ValueError("anything else")) is None
+
+
+def test_a_port_or_id_that_contains_401_or_403_is_not_taken_for_a_status():
+    # CI once called a killed server "permission denied": its port was 53403
+    for port in (53403, 40130):
+        text = (f"API request to endpoint /api/2.0/mlflow/runs/log-batch failed with exception "
+                f"HTTPConnectionPool(host='127.0.0.1', port={port}): Max retries exceeded with url: /api "
+                "(Caused by NewConnectionError('Connection refused'))")
+        assert "stopped answering" in tracking.unavailable(MlflowException(text))
 
 
 FAIL = "from gm.core.faults import failpoint; failpoint('register:version-created'); print('alive')"
