@@ -53,7 +53,7 @@ from gm.core.registry import register_family
 from gm.data.dataspec import DataSpec
 from gm.models._adversarial import AdversarialConfig, AdversarialModel, Critic
 from gm.models.gan import discriminator_loss
-from gm.nn.mlp import bounded_output, mlp
+from gm.nn.mlp import bounded_output, clamp_to_model_space, mlp
 from gm.nn.precision import fp32, full_precision
 from gm.nn.scaled import truncate_w
 from gm.nn.stylegan import (
@@ -186,6 +186,16 @@ class StyleGAN(AdversarialModel):
         if truncation != truncation or abs(truncation) == float("inf"):
             raise ValueError(f"truncation: expected a finite ψ, got {truncation}")
         return self.sample_with(n, generator, condition, truncation=truncation, mixing=False)
+
+    @torch.no_grad()
+    def synthesize(self, ws: torch.Tensor, noise_seed: int = 0) -> torch.Tensor:
+        """Samples (B, *shape) in model space from explicit styles ws (B, num_ws, w_dim), one w per style layer,
+        with the same noise inputs for every sample, drawn from `noise_seed` (the paper's figures fix the noise
+        likewise): a sample is a function of its ws alone, so mixed or truncated styles compare exactly."""
+        ws = ws.to(self.w_avg)
+        # One sample at a time, each from a fresh stream: the noise drawn is (1, 1, H, W) per layer, the same for all.
+        out = [self.gen.synthesis(w[None], torch.Generator().manual_seed(noise_seed)) for w in ws]
+        return clamp_to_model_space(torch.cat(out).view(len(ws), *self.data.shape), self.data)
 
     def after_step(self, group: str) -> None:
         """The base's bookkeeping, then w̄ <- β w̄ + (1 - β) mean(w) of the generator step just taken."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from gm import stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
+from gm.figures.stylegan import evaluation_figures
 from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_density, plot_samples
 from gm.core.files import read_json, write_json
 from gm.core.layout import Layout, baseline_label, tuned_label
@@ -99,6 +100,8 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
                         f"{c.label} ({c.family} on {c.dataset})")
     plots = [plot]
     first = next(iter(c.samplers.values()))
+    if meta["kind"] == "image" and hasattr(first, "model"):  # a family's own figures; baselines have no model
+        plots += evaluation_figures(first.model, out.dir, c.label, params.evaluate.seed)
     recon = first.reconstruct(test_x[:50], params.evaluate.seed) if first.capabilities.reconstruction else None
     if recon is not None and meta["kind"] == "image":  # rows of 10 test images, each over its reconstruction
         pairs = np.stack([test_x[:50].reshape(5, 10, *test_x.shape[1:]), recon.reshape(5, 10, *test_x.shape[1:])], 1)
