@@ -6,7 +6,8 @@ kind and whose inputs the sampler can provide is computed, each input at most on
   known mode centres), exact W1 to held-out data and its noise floor.
 - Images: Fréchet distance, KID, precision/recall (k = 3) and density/coverage (k = 5)
   in the feature space of the dataset's featurizer (a versioned DVC output, identified
-  by its hash), and class coverage/entropy under its classifier.
+  by its hash), and class coverage/entropy under its classifier; on data drawn from a
+  known factor grid (shapes32), the factors' coverage (gm.metrics.factors).
 - Samplers with a likelihood: test NLL (nats) and bits/dim in data space (dequantized; an
   importance-weighted bound with `iwae_k` samples where the model's bound has one).
 - Autoencoders: reconstruction error; vector-quantised ones: codebook perplexity.
@@ -191,12 +192,13 @@ class Inputs:
 
 
 def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, modes: dict | None,
-                      params: EvaluateParams, space: FeatureSpace, seed: int) -> Inputs:
+                      params: EvaluateParams, space: FeatureSpace, seed: int, factors: dict | None = None) -> Inputs:
     """The inputs a metric can consume (its `consumes` names them), and when each is available:
     - samples, sample_count: the n_samples samples, when all are finite;
     - test: the test split (data space); seed: the evaluation seed; dim: dimensions per example;
     - num_classes: of labelled data; kid_subsets, kid_subset_size: EvaluateParams';
     - mode_centers, mode_std: of toys with known modes (the prepared data's meta);
+    - factors: the factor grid of data drawn from one (the prepared data's meta: shapes32);
     - sample_features, test_features: in `space`, computed together as `features` (the pair,
       timed as feature_seconds), and predicted_labels of the samples under its classifier where
       it has one; with finite samples;
@@ -219,6 +221,7 @@ def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, mo
         "kid_subset_size": (True, lambda: params.kid_subset_size),
         "mode_centers": (modes is not None, lambda: modes["centers"]),
         "mode_std": (modes is not None, lambda: modes["std"]),
+        "factors": (factors is not None, lambda: factors),
         "features": (finite, lambda: (space.features(samples), space.features(test_x))),
         "sample_features": (finite, lambda: inputs["features"][0]),
         "test_features": (finite, lambda: inputs["features"][1]),
@@ -261,7 +264,8 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
     metrics["samples_per_s"] = params.n_samples / max(metrics["sample_seconds"], 1e-9)
     metrics["finite_samples"] = float(np.isfinite(samples).all())
 
-    inputs = evaluation_inputs(ev, samples, test_x, meta.get("modes"), params, space or FeatureSpace(PIXELS), seed)
+    inputs = evaluation_inputs(ev, samples, test_x, meta.get("modes"), params, space or FeatureSpace(PIXELS), seed,
+                               factors=meta.get("factors"))
     metrics.update(compute_metrics(ev.spec.kind, inputs))
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     return metrics, samples
