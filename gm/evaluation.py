@@ -329,6 +329,16 @@ def plot_density(path: Path, ev: Evaluable, test: np.ndarray, title: str, seed: 
     return path
 
 
+def show_image(ax, img: np.ndarray, levels: int | None) -> None:
+    """One data-space image (C, H, W) on `ax`: one channel on gray_r over 0..levels-1; colour scaled to
+    [0, 1] (imshow ignores vmin/vmax for RGB and would clip 0..255 to all-saturated)."""
+    top = (levels or 2) - 1
+    if img.shape[0] == 1:
+        ax.imshow(img[0], cmap="gray_r", vmin=0, vmax=top)
+    else:
+        ax.imshow(np.clip(np.moveaxis(img, 0, -1) / top, 0.0, 1.0))
+
+
 def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, title: str) -> Path:
     """A scatter over the mode centres (toys) or a grid of images."""
     import matplotlib
@@ -358,9 +368,7 @@ def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, 
         for i, ax in enumerate(np.ravel(axes)):
             ax.axis("off")
             if i < n:
-                img = imgs[i]
-                img = img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1)
-                ax.imshow(img, cmap="gray_r", vmin=0, vmax=(meta.get("levels") or 2) - 1)
+                show_image(ax, imgs[i], meta.get("levels"))
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -133,3 +133,20 @@ def test_evaluation_figures_pick_by_family(tmp_path):
     written = evaluation_figures(model("biggan"), tmp_path / "bg", "bg")
     assert [p.name for p in written] == ["truncation.png"]
     assert evaluation_figures(tiny("vae"), tmp_path / "vae", "vae") == []
+
+
+def test_colour_images_are_shown_at_their_levels_not_clipped():
+    # samples.png once drew 0..255 colour as all-saturated: imshow ignores vmin/vmax for RGB and clips to [0, 1]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gm.evaluation import show_image
+
+    img = np.stack([np.full((4, 4), 0.0), np.full((4, 4), 51.0), np.full((4, 4), 255.0)])
+    fig, ax = plt.subplots()
+    show_image(ax, img, 256)
+    shown = np.asarray(ax.get_images()[0].get_array())
+    plt.close(fig)
+    assert shown.shape == (4, 4, 3) and np.allclose(shown[0, 0], [0.0, 0.2, 1.0])

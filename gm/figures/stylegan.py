@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gm.data.dataspec import DataSpec
+from gm.evaluation import show_image
 from gm.inference import sample_data
 from gm.models.base import GenerativeModel
 from gm.models.stylegan import StyleGAN
@@ -107,17 +108,6 @@ def truncation_rows(model: GenerativeModel, psis: Sequence[float], n: int = 8, s
     return np.stack(rows).astype(np.float32)
 
 
-def _show_image(ax, img: np.ndarray, levels: int | None) -> None:
-    """One data-space image (C, H, W) on `ax`: one channel as plot_samples (gm/evaluation.py) draws it, on
-    gray_r over 0..levels-1; colour scaled to [0, 1] (imshow ignores vmin/vmax for RGB and clips)."""
-    # TODO: one public helper shared with gm.evaluation.plot_samples, which has the grey case inline.
-    top = (levels or 2) - 1
-    if img.shape[0] == 1:
-        ax.imshow(img[0], cmap="gray_r", vmin=0, vmax=top)
-    else:
-        ax.imshow(np.clip(np.moveaxis(img, 0, -1) / top, 0.0, 1.0))
-
-
 def image_grid(path: str | Path, cells: list[list[np.ndarray | None]], spec: DataSpec, title: str,
                row_labels: Sequence[str] = ()) -> Path:
     """A rows × cols figure of data-space images (None: an empty cell), CELL_IN inches each, a left margin
@@ -142,7 +132,7 @@ def image_grid(path: str | Path, cells: list[list[np.ndarray | None]], spec: Dat
             for side in ax.spines.values():
                 side.set_visible(False)
             if img is not None:
-                _show_image(ax, img, spec.levels)
+                show_image(ax, img, spec.levels)
         if r < len(row_labels):
             axes[r, 0].set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=8, y=1.0 - 0.05 * TITLE_IN / height)
