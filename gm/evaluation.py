@@ -192,13 +192,15 @@ class Inputs:
 
 
 def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, modes: dict | None,
-                      params: EvaluateParams, space: FeatureSpace, seed: int, factors: dict | None = None) -> Inputs:
+                      params: EvaluateParams, space: FeatureSpace, seed: int, factors: dict | None = None,
+                      channel_classes: int | None = None) -> Inputs:
     """The inputs a metric can consume (its `consumes` names them), and when each is available:
     - samples, sample_count: the n_samples samples, when all are finite;
     - test: the test split (data space); seed: the evaluation seed; dim: dimensions per example;
     - num_classes: of labelled data; kid_subsets, kid_subset_size: EvaluateParams';
     - mode_centers, mode_std: of toys with known modes (the prepared data's meta);
     - factors: the factor grid of data drawn from one (the prepared data's meta: shapes32);
+    - channel_classes: classes per channel of data whose label is one class per channel (stacked digits);
     - sample_features, test_features: in `space`, computed together as `features` (the pair,
       timed as feature_seconds), and predicted_labels of the samples under its classifier where
       it has one; with finite samples;
@@ -222,6 +224,7 @@ def evaluation_inputs(ev: Evaluable, samples: np.ndarray, test_x: np.ndarray, mo
         "mode_centers": (modes is not None, lambda: modes["centers"]),
         "mode_std": (modes is not None, lambda: modes["std"]),
         "factors": (factors is not None, lambda: factors),
+        "channel_classes": (bool(channel_classes), lambda: channel_classes),
         "features": (finite, lambda: (space.features(samples), space.features(test_x))),
         "sample_features": (finite, lambda: inputs["features"][0]),
         "test_features": (finite, lambda: inputs["features"][1]),
@@ -265,7 +268,7 @@ def evaluate(ev: Evaluable, data_dir: Path, params: EvaluateParams, space: Featu
     metrics["finite_samples"] = float(np.isfinite(samples).all())
 
     inputs = evaluation_inputs(ev, samples, test_x, meta.get("modes"), params, space or FeatureSpace(PIXELS), seed,
-                               factors=meta.get("factors"))
+                               factors=meta.get("factors"), channel_classes=meta.get("channel_classes"))
     metrics.update(compute_metrics(ev.spec.kind, inputs))
     metrics = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     return metrics, samples

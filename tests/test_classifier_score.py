@@ -108,3 +108,39 @@ def test_featurizer_probabilities_reach_the_metric():
 
     pixels = evaluation_inputs(ev, samples, test, None, EvaluateParams(), FeatureSpace("pixels"), 0)
     assert not pixels.available("sample_class_probs") and not pixels.available("test_class_probs")
+
+
+def _one_hot(labels, k):
+    return np.eye(k)[np.asarray(labels)]
+
+
+def test_the_perfect_sampler_reference_reshuffles_channels_of_test_stacks():
+    from gm.data.stacked import stack_labels
+    from gm.metrics.images import perfect_sampler_modes
+
+    one = _one_hot(stack_labels(np.array([[1, 2, 3]] * 5)), 1000)
+    assert perfect_sampler_modes(one, 10, 400, 0) == {"modes_covered_test": 1.0, "mode_kl_test": pytest.approx(np.log(1000))}
+    # channel 0 from {1, 4}, channel 1 from {2, 5}, channel 2 from {3, 6}: 8 modes, none else
+    two = _one_hot(stack_labels(np.array([[1, 2, 3], [4, 5, 6]] * 50)), 1000)
+    out = perfect_sampler_modes(two, 10, 4000, 0)
+    assert out["modes_covered_test"] == 8 and out["mode_kl_test"] == pytest.approx(np.log(1000 / 8), abs=0.01)
+
+
+def test_the_perfect_sampler_reference_is_sampling_noise_with_a_perfect_classifier():
+    # 2 channels of 10 classes: 100 modes, each exactly 30 times (the test split's own digit frequencies
+    # carry over into the reference, so they are exactly uniform here)
+    labels = np.repeat(np.arange(100), 30)
+    n = 200_000
+    out = perfect_sampler_modes_of(labels, n)
+    assert out["modes_covered_test"] == 100
+    assert out["mode_kl_test"] < 4 * 99 / (2 * n)  # E KL ≈ (K - 1)/(2N) for a uniform multinomial
+    with pytest.raises(ValueError, match="per channel"):
+        from gm.metrics.images import perfect_sampler_modes
+
+        perfect_sampler_modes(_one_hot(labels, 100), 7, 10, 0)
+
+
+def perfect_sampler_modes_of(labels, n):
+    from gm.metrics.images import perfect_sampler_modes
+
+    return perfect_sampler_modes(_one_hot(labels, 100), 10, n, 0)

@@ -145,6 +145,30 @@ def mode_histogram_metrics(predicted_labels: np.ndarray, num_classes: int) -> di
             "mode_kl": max(0.0, float(np.sum(p * np.log(p * num_classes))))}
 
 
+@register_metric("class_modes_test", consumes={"test_probs": "test_class_probs", "channel_classes": "channel_classes",
+                                               "n": "sample_count", "seed": "seed"},
+                 kinds=("image",))
+def perfect_sampler_modes(test_probs: np.ndarray, channel_classes: int, n: int, seed: int) -> dict[str, float]:
+    """The mode statistics a perfect sampler scores at the samples' N, under the same classifier: n stacks
+    whose every channel is the same channel of an independently drawn test image (the data's own
+    construction: stacks of test digits, a uniform mode each), each labelled by the classifier's digits of
+    those channels (a channel-wise classifier reads each channel alone, so this is its label of the new
+    stack). It holds what no model can beat here: sampling noise, about (K - 1)/(2N), plus the classifier's
+    errors. Labels are base-`channel_classes` numbers, channel 0 the most significant (gm.data.stacked).
+    Returns {"modes_covered_test", "mode_kl_test"}."""
+    probs = np.asarray(test_probs)
+    modes = probs.shape[1]
+    channels = round(math.log(modes) / math.log(channel_classes))
+    if channel_classes ** channels != modes:
+        raise ValueError(f"{modes} classes are not {channel_classes} per channel of whole channels")
+    place = channel_classes ** np.arange(channels - 1, -1, -1)
+    digits = probs.argmax(axis=1)[:, None] // place % channel_classes  # (M, channels)
+    pick = np.random.default_rng(seed).integers(0, len(digits), size=(n, channels))
+    labels = (digits[pick, np.arange(channels)] * place).sum(axis=1)
+    out = mode_histogram_metrics(labels, modes)
+    return {"modes_covered_test": out["modes_covered"], "mode_kl_test": out["mode_kl"]}
+
+
 def classifier_score(probs: np.ndarray) -> float:
     """The Inception score with the dataset's classifier in place of Inception:
     exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x) over the rows of `probs` (N, K).
