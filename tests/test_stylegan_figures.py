@@ -98,7 +98,8 @@ def test_psi_zero_is_the_mean_image_for_every_latent():
     np.testing.assert_array_equal(rows[2, 0], DIGITS.to_data(m.synthesize(w_bar)).numpy()[0])
     assert len({r.tobytes() for r in rows[0]}) > 1  # ψ = 1: the latents differ
     # ψ = 1 is the plain sample's styles under the fixed noise: the same latents as sample() draws
-    ws = m.styles(6, None, seeded(3), mixing=False)
+    with m.ema_weights():  # the styles of the G the model samples with (its EMA)
+        ws = m.styles(6, None, seeded(3), mixing=False)
     np.testing.assert_array_equal(rows[0], DIGITS.to_data(m.synthesize(ws)).numpy())
 
 

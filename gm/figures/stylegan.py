@@ -73,8 +73,9 @@ def style_mixing(model: StyleGAN, n: int = 5, seed: int = 0, crossover: int | No
     num_ws = model.gen.num_ws
     g = torch.Generator().manual_seed(seed)
     y = _labels(model, n)
-    ws_a = model.styles(n, y, g, mixing=False)  # (n, num_ws, W)
-    ws_b = model.styles(n, y, g, mixing=False)
+    with torch.no_grad(), model.ema_weights():  # the mapping network the model samples with
+        ws_a = model.styles(n, y, g, mixing=False)  # (n, num_ws, W)
+        ws_b = model.styles(n, y, g, mixing=False)
     if bands:
         per_band = style_bands(num_ws)
         layers = [per_band[k] for k, rows in enumerate(np.array_split(np.arange(n), 3)) for _ in rows]
@@ -99,7 +100,8 @@ def truncation_rows(model: GenerativeModel, psis: Sequence[float], n: int = 8, s
     if not supports_truncation(model):
         raise ValueError(f"{type(model).__name__} has no truncation trick")
     if isinstance(model, StyleGAN):
-        ws = model.styles(n, _labels(model, n), torch.Generator().manual_seed(seed), mixing=False)
+        with torch.no_grad(), model.ema_weights():
+            ws = model.styles(n, _labels(model, n), torch.Generator().manual_seed(seed), mixing=False)
         w_avg = model.w_avg.to(ws.dtype)
         rows = [model.data.to_data(model.synthesize(truncate_w(ws, w_avg, float(psi)), noise_seed)).cpu().numpy()
                 for psi in psis]

@@ -25,6 +25,7 @@ generator (beside z) and the critic (beside x), and fakes take the labels of the
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Literal
 
@@ -86,6 +87,9 @@ class AdversarialConfig:
     virtual_batch_norm: bool = False  # Salimans et al. 2016, §3.4: generator normalised by a fixed reference batch
     vbn_reference: int = bounded(64, gt=0)  # the reference batch's size
     attention: int = bounded(8, gt=0)  # arch sagan: the width (pixels) of the maps the self-attention block sees
+    # samples from an exponential moving average of G's weights (Karras et al. 2018 §A.1, Brock et al. 2019: 0.999;
+    # Yazıcı et al. 2019); the decay warms up as min(ema, (1 + t)/(10 + t)) over generator steps t (0 = off)
+    ema: float = bounded(0.0, ge=0, lt=1)
 
     def validate(self) -> None:
         """Stabiliser combinations that are wrong whatever the data (a subclass adding checks calls this too).
@@ -237,11 +241,22 @@ class AdversarialModel(GenerativeModel):
         vbn = c.virtual_batch_norm
         if vbn:  # the generator reads the fixed reference input first (a buffer: saved with the model)
             self.gen = ReferenceBatch(self.gen, reference_input(c.vbn_reference, c.z_dim, self.num_labels))
+        self.finish_networks(c)
+        # The EMA of G's weights: one buffer per generator parameter (saved, resumed and exported with the model)
+        self._ema_names = [name for name, _ in self.gen.named_parameters()] if c.ema > 0 else []
+        for i, (_, p) in enumerate(self.gen.named_parameters() if c.ema > 0 else ()):
+            self.register_buffer(f"ema_{i}", p.detach().clone())
+        if c.ema > 0:
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self._hist_names: dict[str, list[str]] = {}
         if c.historical_averaging > 0:
             self._init_historical_averages()
+
+    def finish_networks(self, c: AdversarialConfig) -> None:
+        """Changes to the built networks that their weights' names depend on (spectral norm's
+        parametrisation), made before the EMA of G's weights is set up; none by default."""
 
     def build_networks(self, c: AdversarialConfig, data: DataSpec) -> tuple[nn.Module, nn.Module]:
         """(generator, critic) for config `c` on `data`, by `arch`: G maps (B, z_dim + num_labels) to samples in
@@ -442,11 +457,43 @@ class AdversarialModel(GenerativeModel):
         return loss, {**logs, "unrolled_critic_loss": critic_loss.detach()}
 
     def after_step(self, group: str) -> None:
-        """Count critic steps (instance-noise annealing) and update the historical averages."""
+        """Count critic steps (instance-noise annealing), update the historical averages and the EMA of G."""
         if group == "critic":
             self.critic_steps += 1
         if self.config.historical_averaging > 0:
             self._update_historical_averages(group)
+        if group == "gen" and self._ema_names:
+            self._update_ema()
+
+    # -- the EMA of G's weights ------------------------------------------------------
+    def _ema_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        live = dict(self.gen.named_parameters())
+        return [(live[name], getattr(self, f"ema_{i}")) for i, name in enumerate(self._ema_names)]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- d·ema + (1 - d)·θ with d = min(ema, (1 + t)/(10 + t)), t the generator steps averaged so far."""
+        t = float(self.ema_updates)
+        decay = min(self.config.ema, (1.0 + t) / (10.0 + t))
+        for p, e in self._ema_pairs():
+            e.lerp_(p.detach(), 1.0 - decay)
+        self.ema_updates += 1
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """G runs with the averaged weights inside (sampling); the live weights are back afterwards. Without
+        an EMA (ema: 0) it changes nothing."""
+        pairs = self._ema_pairs() if self._ema_names else []
+        live = [p.detach().clone() for p, _ in pairs]
+        with torch.no_grad():
+            for p, e in pairs:
+                p.copy_(e)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (p, _), v in zip(pairs, live):
+                    p.copy_(v)
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -463,7 +510,7 @@ class AdversarialModel(GenerativeModel):
                 raise ValueError(f"{type(self).__name__} is conditional: pass condition= int64 labels of shape (n,)")
         else:
             check_unconditional(self, condition)
-        with power_iterations_paused(self.gen), running_stats_paused(self.gen):
+        with power_iterations_paused(self.gen), running_stats_paused(self.gen), self.ema_weights():
             return clamp_to_model_space(self.generate(n, condition, generator, **options), self.data)
 
     # -- historical averaging (Salimans et al. 2016, §3.3) ------------------------

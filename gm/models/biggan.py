@@ -18,8 +18,8 @@ SAGAN's recipe scaled up (§3), with the paper's changes at gm's scale:
   truncated to [-t, t] (entries beyond t drawn again); without `truncation` it is the plain N(0, I).
 
 The backbones are gm/nn/biggan.py (`arch: biggan`, residual blocks as in the paper). Not here: the
-paper's batch sizes (2048) and widths, the EMA of G's weights, cross-replica batch norm and
-orthogonal initialisation.
+paper's batch sizes (2048) and widths, cross-replica batch norm and orthogonal initialisation, and the
+EMA's start after 20k steps (here it starts at once, its decay warming up; `ema`, gm.models._adversarial).
 
 Conditioning. BigGAN is class-conditional, but every family's default config in gm is unconditional (the
 registry-wide tests build each family's defaults on labelled digits and expect a condition to be refused;
@@ -66,6 +66,8 @@ class BigGANConfig(AdversarialConfig):
     # biggan: residual nets with conditional BN, hierarchical z, self-attention, projection critic (images);
     # on vectors it becomes spectrally normalised MLPs; dcgan/sagan: the base's nets, spectrally normalised
     arch: Literal["mlp", "dcgan", "sagan", "biggan"] = "biggan"
+    ema: float = bounded(0.999, ge=0, lt=1)  # §4 / App. C: samples from an EMA of G's weights, decay 0.9999 at
+    # their 2048 batch and 150k+ steps; 0.999 fits runs of thousands of steps
     z_dim: int = bounded(32, gt=0)  # split into one chunk per up block plus one (the paper: 120 at 128×128)
     hidden: int = bounded(32, gt=0)  # base channel count (the paper's ch = 96 at 128×128)
     shared_dim: int = bounded(32, gt=0)  # the shared class embedding's size (the paper: 128)
@@ -96,6 +98,8 @@ class BigGAN(HingeObjectives, AdversarialModel):
                     raise ConfigError(f"{name}: not available with arch: biggan ({why}), got "
                                       f"{getattr(config, name)!r}")
         super().__init__(config, data)
+
+    def finish_networks(self, c: BigGANConfig) -> None:
         apply_spectral_norm(self.gen)  # both networks, whatever the backbone
         apply_spectral_norm(self.critic)
 

@@ -56,6 +56,7 @@ __all__ = ["ProGAN", "ProGANConfig", "drift_penalty"]
 class ProGANConfig(AdversarialConfig):
     # progan: the growing conv nets (images 4·2^k wide); mlp: equalised-LR MLPs, no growing (what vectors get)
     arch: Literal["mlp", "progan"] = "progan"
+    ema: float = bounded(0.999, ge=0, lt=1)  # §A.1: G's weights averaged with decay 0.999 for sampling
     z_dim: int = bounded(32, gt=0)  # the paper's 512 on 1024² faces
     hidden: int = bounded(64, gt=0)  # channels of every block (MLP: width)
     depth: int = bounded(3, gt=0)  # arch mlp: hidden layers per net

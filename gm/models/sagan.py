@@ -17,7 +17,6 @@ from typing import Literal
 
 from gm.core.config import bounded
 from gm.core.registry import register_family
-from gm.data.dataspec import DataSpec
 from gm.models._adversarial import AdversarialConfig, AdversarialModel
 from gm.nn.scaled import apply_spectral_norm, hinge_critic_loss, hinge_generator_loss
 
@@ -56,7 +55,6 @@ class SAGAN(HingeObjectives, AdversarialModel):
     config_cls = SAGANConfig
     vector_fallback = True
 
-    def __init__(self, config: SAGANConfig, data: DataSpec):
-        super().__init__(config, data)
+    def finish_networks(self, c: SAGANConfig) -> None:
         apply_spectral_norm(self.gen)  # §4.1: both networks, whatever the backbone
         apply_spectral_norm(self.critic)

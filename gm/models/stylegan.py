@@ -71,6 +71,7 @@ from gm.nn.stylegan import (
 class StyleGANConfig(AdversarialConfig):
     # stylegan: mapping + style synthesis against ProGAN's critic (square images 4·2^k wide); mlp: vectors
     arch: Literal["mlp", "stylegan"] = "stylegan"
+    ema: float = bounded(0.999, ge=0, lt=1)  # as ProGAN (the official code's G_smoothing): samples from averaged G
     z_dim: int = bounded(32, gt=0)  # the paper's 512
     w_dim: int = bounded(32, gt=0)  # the paper's 512
     mapping_layers: int = bounded(2, gt=0)  # the paper's 8; 2 for CPU
@@ -194,7 +195,8 @@ class StyleGAN(AdversarialModel):
         likewise): a sample is a function of its ws alone, so mixed or truncated styles compare exactly."""
         ws = ws.to(self.w_avg)
         # One sample at a time, each from a fresh stream: the noise drawn is (1, 1, H, W) per layer, the same for all.
-        out = [self.gen.synthesis(w[None], torch.Generator().manual_seed(noise_seed)) for w in ws]
+        with self.ema_weights():  # the averaged G, as every sample of the model
+            out = [self.gen.synthesis(w[None], torch.Generator().manual_seed(noise_seed)) for w in ws]
         return clamp_to_model_space(torch.cat(out).view(len(ws), *self.data.shape), self.data)
 
     def after_step(self, group: str) -> None:
