@@ -195,6 +195,17 @@ def test_modes_perfect_grid25():
     assert got["rkl"] < 0.02
 
 
+def test_the_registered_mode_count_uses_pacgans_2500_samples_whatever_n_samples_is():
+    # 2,500 samples on one mode, then 23,500 spread over all eight: PacGAN counts the first 2,500 only
+    from gm.metrics.toy import pacgan_mode_metrics
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate([mixture_samples(RING8, 2500, rng, modes=[3]), mixture_samples(RING8, 23500, rng)])
+    got = pacgan_mode_metrics(x, RING8["centers"], RING8["std"])
+    assert got == mode_metrics(x[:2500], RING8["centers"], RING8["std"]) and got["modes"] == 1
+    assert METRICS["modes"].fn is pacgan_mode_metrics
+
+
 def test_modes_no_high_quality_samples():
     # Points between the modes: nothing is high quality; rKL takes its worst value log K.
     got = mode_metrics(np.full((100, 2), 0.5), RING8["centers"], RING8["std"])
