@@ -187,6 +187,9 @@ class Auth:
     permission: str = "EDIT"
 
 
+WORKER_HEALTHCHECK_S = 60
+
+
 @dataclass
 class MlflowServer:
     """`mlflow server` on `backend_uri` with proxied artifacts in `artifacts`, as a process group of its own."""
@@ -214,7 +217,10 @@ class MlflowServer:
             raise ServerError(f"something already answers at {self.uri}: stop it or choose another --port")
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--artifacts-destination", self.artifacts,
-               "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
+               "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
+               # uvicorn kills a worker that takes over 5 s to answer its health check: on a loaded machine
+               # every freshly started worker (importing MLflow) did, and the server never answered
+               "--uvicorn-opts", f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}"]
         # the store's URL carries its password: through the environment, not the command line `ps` shows
         env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": self.backend_uri, **dict(OFFLINE_ENV)}
         if self.auth is not None:
