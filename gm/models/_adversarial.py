@@ -242,11 +242,12 @@ class AdversarialModel(GenerativeModel):
         if vbn:  # the generator reads the fixed reference input first (a buffer: saved with the model)
             self.gen = ReferenceBatch(self.gen, reference_input(c.vbn_reference, c.z_dim, self.num_labels))
         self.finish_networks(c)
-        # The EMA of G's weights: one buffer per generator parameter (saved, resumed and exported with the model)
-        self._ema_names = [name for name, _ in self.gen.named_parameters()] if c.ema > 0 else []
-        for i, (_, p) in enumerate(self.gen.named_parameters() if c.ema > 0 else ()):
-            self.register_buffer(f"ema_{i}", p.detach().clone())
+        # The EMA of G's weights: a copy of each generator parameter by name (saved, resumed and exported)
+        self._ema_names: list[str] = []
         if c.ema > 0:
+            named = dict(self.gen.named_parameters())
+            self._ema_names = list(named)
+            self._register_copies("ema", named.values())
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
@@ -521,15 +522,18 @@ class AdversarialModel(GenerativeModel):
             return self.gen_parameters()
         raise KeyError(f"{type(self).__name__} has step groups 'critic' and 'gen', got {group!r}")
 
+    def _register_copies(self, prefix: str, params) -> list[str]:
+        """A buffer `<prefix>_<i>` holding a copy of each parameter (running averages start at θ_0); their names."""
+        names = []
+        for i, p in enumerate(params):
+            names.append(f"{prefix}_{i}")
+            self.register_buffer(names[-1], p.detach().clone())
+        return names
+
     def _init_historical_averages(self) -> None:
         # The running mean (1/t) Σ_{i≤t} θ_i starts at θ_0, so the penalty is zero at the first step.
         for group in ("critic", "gen"):
-            names = []
-            for i, p in enumerate(self._group_params(group)):
-                name = f"hist_{group}_{i}"
-                self.register_buffer(name, p.detach().clone())
-                names.append(name)
-            self._hist_names[group] = names
+            self._hist_names[group] = self._register_copies(f"hist_{group}", self._group_params(group))
             self.register_buffer(f"hist_{group}_count", torch.ones((), dtype=torch.long))
 
     def historical_mean(self, group: str) -> list[torch.Tensor]:
