@@ -13,7 +13,8 @@ SAGAN's recipe scaled up (§3), with the paper's changes at gm's scale:
       generator:  -E D(G(z, y), y) + β Σ_W ‖W Wᵀ ⊙ (1 - I)‖²_F          (orthogonal regularisation, §3.1, β = 1e-4);
 
 - Adam with β = (0, 0.999), lr 2e-4 for the critic and 5e-5 for the generator, two critic steps per
-  generator step (App. C, the ImageNet settings);
+  generator step (§3: SAGAN's settings, 4e-4 in D and 1e-4 in G, with "the learning rates halved" and two
+  D steps per G step; BigGAN-PyTorch's cheaper reproduction scripts use 4e-4 / 1e-4 and one D step);
 - the truncation trick (§3.1): `sample(n, generator, condition, truncation=t)` draws z from N(0, I)
   truncated to [-t, t] (entries beyond t drawn again); without `truncation` it is the plain N(0, I).
 
@@ -72,10 +73,10 @@ class BigGANConfig(AdversarialConfig):
     hidden: int = bounded(32, gt=0)  # base channel count (the paper's ch = 96 at 128×128)
     shared_dim: int = bounded(32, gt=0)  # the shared class embedding's size (the paper: 128)
     ortho_beta: float = bounded(ORTHO_BETA, ge=0)  # §3.1: β = 1e-4 of the orthogonal regularisation (0 = off)
-    lr_gen: float = bounded(5e-5, gt=0)  # App. C: 5e-5 in G
-    lr_critic: float = bounded(2e-4, gt=0)  # App. C: 2e-4 in D
+    lr_gen: float = bounded(5e-5, gt=0)  # §3: SAGAN's 1e-4 halved
+    lr_critic: float = bounded(2e-4, gt=0)  # §3: SAGAN's 4e-4 halved
     betas: tuple[float, float] = bounded((0.0, 0.999), ge=0, lt=1)  # App. C: β1 = 0, β2 = 0.999
-    n_critic: int = bounded(2, gt=0)  # App. C: two D steps per G step
+    n_critic: int = bounded(2, gt=0)  # §3: two D steps per G step
 
 
 @register_family("biggan")
