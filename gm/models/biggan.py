@@ -13,7 +13,7 @@ SAGAN's recipe scaled up (§3), with the paper's changes at gm's scale:
       generator:  -E D(G(z, y), y) + β Σ_W ‖W Wᵀ ⊙ (1 - I)‖²_F          (orthogonal regularisation, §3.1, β = 1e-4);
 
 - Adam with β = (0, 0.999), lr 2e-4 for the critic and 5e-5 for the generator, two critic steps per
-  generator step (§3: SAGAN's settings, 4e-4 in D and 1e-4 in G, with "the learning rates halved" and two
+  generator step (§3: SAGAN's settings, 4e-4 in D and 1e-4 in G, with the learning rates halved and two
   D steps per G step; BigGAN-PyTorch's cheaper reproduction scripts use 4e-4 / 1e-4 and one D step);
 - the truncation trick (§3.1): `sample(n, generator, condition, truncation=t)` draws z from N(0, I)
   truncated to [-t, t] (entries beyond t drawn again); without `truncation` it is the plain N(0, I).
