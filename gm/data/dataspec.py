@@ -21,7 +21,7 @@ class DataSpec:
     """
 
     shape: tuple[int, ...]  # one sample, data space: (2,) for toys, (C, H, W) for images
-    kind: Literal["toy", "image"]
+    kind: Literal["toy", "image", "audio"]  # audio: (1, T) μ-law levels (gm.data.audio)
     num_classes: int | None = None  # labelled data only
     levels: int | None = None  # discrete data takes the values 0..levels-1
 
