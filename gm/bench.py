@@ -4,6 +4,8 @@
                        [--eval-experiment gan-digits] [--eval-samples 10000]
                        [--params profiles/likelihood.yaml] [--dataset digits] [--samples 1000]
                        [--sweep wgan_gp-grid25] [--trials 4] [--asha-samples 16]
+    python -m gm.bench throughput ...   (gm.bench_throughput: samples/s in a bare loop)
+    python -m gm.bench estimators ...   (gm.bench_estimators: the CatVAE's gradient estimators' variance)
 
 1. stages: per-stage wall time of the last pipeline run (recorded by every stage in
    artifacts/timings/).
@@ -51,6 +53,7 @@ from gm.training.cluster import storage_path
 from gm.params import load_params
 from gm.evaluation import evaluate, load_feature_space, load_sampler
 from gm.bench_throughput import main as throughput_main
+from gm.bench_estimators import main as estimators_main
 
 
 def stage_times(root: Path) -> list[dict]:
@@ -195,10 +198,13 @@ def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["throughput"]:  # its own arguments and defaults: python -m gm.bench throughput --help
         return throughput_main(argv[1:])
+    if argv[:1] == ["estimators"]:  # the CatVAE's gradient estimators: python -m gm.bench estimators --help
+        return estimators_main(argv[1:])
     p = argparse.ArgumentParser(description="gm benchmarks")
     p.add_argument("what", nargs="?", default="all",
-                   choices=["stages", "ray", "eval", "sampling", "tune", "throughput", "all"],
-                   help="throughput takes its own options (gm.bench_throughput): gm.bench throughput --help")
+                   choices=["stages", "ray", "eval", "sampling", "tune", "throughput", "estimators", "all"],
+                   help="throughput and estimators take their own options (gm.bench_throughput, "
+                        "gm.bench_estimators): gm.bench throughput --help")
     p.add_argument("--experiment", default="wgan_gp-grid25")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=2)
@@ -211,8 +217,8 @@ def main(argv=None) -> None:
     p.add_argument("--trials", type=int, default=4, help="random search's full-budget trials (the budget)")
     p.add_argument("--asha-samples", type=int, default=16, help="configurations ASHA may draw")
     args = p.parse_args(argv)
-    if args.what == "throughput":
-        p.error("throughput must come first, followed by its own options: gm.bench throughput --help")
+    if args.what in ("throughput", "estimators"):
+        p.error(f"{args.what} must come first, followed by its own options: gm.bench {args.what} --help")
     root = stage.root()
     if args.what in ("stages", "all"):
         bench_stages(root)
