@@ -197,6 +197,41 @@ def test_pixelcnnpp_single_channel_is_the_plain_logistic_mixture():
                                rtol=0, atol=1e-4)
 
 
+@torch.no_grad()
+def test_pixelcnnpp_interior_rgb_pixel_by_hand():
+    # One interior pixel of a colour image, in scalar arithmetic: with x = v + ½ each channel's bin centre
+    # in level units and μ, s moved to level units, P(pixel) = Σ_k π_k Π_c [σ((x_c + ½ − μ_ck)/s_ck) −
+    # σ((x_c − ½ − μ_ck)/s_ck)], the G mean shifted by α·r and the B mean by β·r + γ·g (Eq. 3; r, g the
+    # model-space centres of the channels already drawn, as the network reads them).
+    data = DataSpec(shape=(3, 2, 2), kind="image", levels=17)
+    model = make("pixelcnnpp", data, components=2).eval()
+    perturb(model, 0.15)
+    v = torch.tensor([[[[3, 9], [12, 7]], [[5, 2], [8, 10]], [[14, 6], [4, 11]]]])  # (1, 3, 2, 2), all interior
+    xc = bin_centres(v, data)
+    logit_pi, mean, log_scale, coeff = model.body.mixture(xc)  # at pixel (1, 1): the last, with three before it
+    r, c = 1, 1
+    half = data.levels / 2
+    centres = [float(xc[0, ch, r, c]) for ch in range(3)]
+    weights = [math.exp(float(t)) for t in logit_pi[0, r, c]]
+    total, smallest = 0.0, 1.0
+    for k in range(2):
+        mu = [float(mean[0, ch, r, c, k]) for ch in range(3)]
+        a = [float(coeff[0, j, r, c, k]) for j in range(3)]  # α_gr, α_br, α_bg: coefficients 0, 1, 2
+        mu[1] += a[0] * centres[0]
+        mu[2] += a[1] * centres[0] + a[2] * centres[1]
+        mass = weights[k] / sum(weights)
+        for ch in range(3):
+            m, s = (mu[ch] + 1) * half, math.exp(float(log_scale[0, ch, r, c, k])) * half  # level units
+            x = int(v[0, ch, r, c]) + 0.5
+            term = 1 / (1 + math.exp(-(x + 0.5 - m) / s)) - 1 / (1 + math.exp(-(x - 0.5 - m) / s))
+            smallest = min(smallest, term)
+            mass *= term
+        total += mass
+    got = float(model.body.pixel_log_mass(data.to_model(v, generator=seeded(1)))[0, r, c])
+    assert smallest > 1e-3  # every channel's bin: the plain difference of sigmoids, not the underflow fallback
+    assert got == pytest.approx(math.log(total), abs=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @torch.no_grad()
 def test_log_prob_ignores_dequantization_noise_and_is_a_log_mass(family):

@@ -83,3 +83,47 @@ def test_discrete_samples_land_on_bin_centres(name):
     head = make_observation(name, SEVENTEEN, components=2)
     x = head.sample(torch.randn(500, head.params_per_dim, generator=seeded(2)), generator=seeded(3))
     torch.testing.assert_close(x, bin_centres(levels_of(x, SEVENTEEN), SEVENTEEN))
+
+
+def test_gaussian_z_head_reads_its_std_from_the_network():
+    # params per dimension: (mean, raw log s); log s = floor + softplus(raw − floor), ≈ raw well above it.
+    head = make_observation("gaussian_z", DataSpec(shape=(2,), kind="toy"), min_log_std=-7.0)
+    x = torch.tensor([[1.0, 3.0], [1.0, 3.0]])
+    params = torch.tensor([[0.0, 0.0, 1.0, math.log(2.0)],  # dims: N(0, 1), N(1, 4)
+                           [0.0, math.log(0.5), 1.0, 0.0]])  # the same means, other scales: another z
+    log_s = -7.0 + torch.nn.functional.softplus(torch.tensor([[0.0, math.log(2.0)], [math.log(0.5), 0.0]]) + 7.0)
+    s = log_s.double().exp()
+    d = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    expect = (-0.5 * (d / s) ** 2 - s.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    got = head.log_prob(params, x)
+    torch.testing.assert_close(got.double(), expect, rtol=1e-5, atol=1e-6)
+    assert got[0] != got[1]  # the variance, not only the mean, depends on the code
+    torch.testing.assert_close(head.mean(params), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    draws = head.sample(params[:1].expand(20000, 4), generator=seeded(1))
+    torch.testing.assert_close(draws.std(0), s[0].float(), rtol=0.03, atol=0)
+    # the floor: a very negative raw log s stays at min_log_std, with a gradient
+    raw = torch.tensor([[0.0, -50.0, 0.0, -50.0]], requires_grad=True)
+    assert torch.allclose(head.log_std_of(raw), torch.tensor(-7.0))
+    head.log_prob(raw, torch.zeros(1, 2)).sum().backward()
+    assert raw.grad is not None and torch.isfinite(raw.grad).all()
+
+
+def test_a_vae_with_the_gaussian_z_decoder_learns_a_code_dependent_variance():
+    # Data whose noise depends on a latent factor: x = (c, c·ε) with c in {-2, 2}: a σ shared by every
+    # code cannot fit both halves; σ(z) can. The ELBO of σ(z) ends above the constant-σ decoder's.
+    from gm.core.config import build
+    from gm.models.vae import VAE, VAEConfig
+    from tests.helpers import train_single_group
+
+    g = seeded(0)
+    c = torch.where(torch.rand(512, generator=g) < 0.5, 0.2, 2.0)
+    x = torch.stack([c, c * torch.randn(512, generator=g)], 1)
+    elbos = {}
+    for decoder in ("gaussian", "gaussian_z"):
+        torch.manual_seed(0)
+        model = VAE(build(VAEConfig, {"z_dim": 2, "hidden": 32, "depth": 2, "lr": 3e-3, "decoder": decoder}, "m"),
+                    DataSpec(shape=(2,), kind="toy"))
+        train_single_group(model, x, 400)
+        with torch.no_grad():
+            elbos[decoder] = float(model.elbo(x, seeded(1)).mean())
+    assert elbos["gaussian_z"] > elbos["gaussian"] + 0.3, elbos

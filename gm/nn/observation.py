@@ -6,6 +6,8 @@ model space, in fp32 whatever the autocast dtype of the network's params (an fp3
 honest numbers for every head:
 
 - gaussian: a continuous density, mean from the network, a learned per-dimension log σ.
+- gaussian_z: the VAE's decoder as Kingma & Welling define it (2014, App. C.2): mean and
+  log σ both from the network, so the variance depends on z.
 - bernoulli, categorical, logistic (discretized logistic mixture, Salimans et al. 2017):
   a probability mass P(v) over the data's levels v. Dequantized model-space x falls in the
   bin of its level, of width 1/scale; the head returns the density of "P(v) spread uniformly
@@ -27,7 +29,7 @@ from gm.data.dataspec import DataSpec
 from gm.core.numerics import categorical, normal_log_prob, rand, randn
 from gm.nn.precision import fp32
 
-ObservationName = Literal["gaussian", "bernoulli", "categorical", "logistic"]
+ObservationName = Literal["gaussian", "gaussian_z", "bernoulli", "categorical", "logistic"]
 
 
 def levels_of(x: torch.Tensor, data: DataSpec) -> torch.Tensor:
@@ -143,6 +145,37 @@ class GaussianObservation(Observation):
         return params
 
 
+class GaussianZObservation(Observation):
+    """N(x; m(z), diag s(z)²): the network gives mean and log s per dimension (Kingma & Welling 2014,
+    App. C.2: log σ² = W h + b beside the mean). log s is floored smoothly at `min_log_std`,
+    min + softplus(raw − min), so it keeps a gradient everywhere (a clamp would freeze a unit below it)."""
+
+    params_per_dim = 2
+
+    def __init__(self, data: DataSpec, min_log_std: float = -7.0):
+        super().__init__(data)
+        self.min_log_std = min_log_std
+
+    def _parts(self, params):
+        p = self.split(fp32(params))  # (..., D, 2)
+        return p[..., 0], self.min_log_std + F.softplus(p[..., 1] - self.min_log_std)
+
+    def log_std_of(self, params) -> torch.Tensor:
+        """The floored log s(z) of each dimension: (..., D)."""
+        return self._parts(params)[1]
+
+    def log_prob(self, params, x):
+        mean, log_std = self._parts(params)
+        return normal_log_prob(fp32(x), mean, log_std).sum(-1)
+
+    def sample(self, params, generator=None):
+        mean, log_std = self._parts(params)
+        return mean + log_std.exp() * randn(mean.shape, generator, mean.device)
+
+    def mean(self, params):
+        return self._parts(params)[0]
+
+
 class BernoulliObservation(Observation):
     """Independent Bernoulli over binary data (levels = 2), logits from the network."""
 
@@ -221,10 +254,13 @@ def make_observation(name: str, data: DataSpec, min_log_std: float = -7.0, compo
     """The observation model by name; discrete heads check that the data is discrete."""
     if name == "gaussian":
         return GaussianObservation(data, min_log_std)
+    if name == "gaussian_z":
+        return GaussianZObservation(data, min_log_std)
     if name == "bernoulli":
         return BernoulliObservation(data)
     if name == "categorical":
         return CategoricalObservation(data)
     if name == "logistic":
         return LogisticObservation(data, components)
-    raise ConfigError(f"decoder: expected one of gaussian, bernoulli, categorical, logistic, got {name!r}")
+    raise ConfigError(f"decoder: expected one of gaussian, gaussian_z, bernoulli, categorical, logistic, "
+                      f"got {name!r}")
