@@ -22,6 +22,14 @@ validation interval (`eval_every`), as many iterations as are timed (at least --
 reports twice and its second interval is the timed one. The ratio column is against the bare fp32
 eager figure of the same model. A configuration that cannot run here (no GPU, bf16 unsupported,
 more workers than CPUs or GPUs, an error while compiling) is printed as skipped, with the reason.
+
+    python -m gm.bench throughput --generation 2048,8000 [--generation-batch 1] [--wavenet k=v,...]
+                                  [--device auto|cpu|cuda] [--cpus-per-worker 1]
+
+instead times WaveNet's sampling on synthetic (1, T) μ-law audio, untrained weights (the rate does not
+depend on them): samples/s = batch x T / seconds with the queue generator (Paine et al. 2016, O(layers)
+per step) and with the naive one (a forward pass over the receptive field per step), side by side with
+their ratio. No prepared data, no Ray; on CPU it runs on --cpus-per-worker threads.
 """
 
 from __future__ import annotations
@@ -40,8 +48,12 @@ import ray
 import torch
 
 from gm import stage
+from gm.core.config import ConfigError, build
+from gm.data.audio import MU_LAW_LEVELS
+from gm.data.dataspec import DataSpec
 from gm.data.io import data_spec, read_split
 from gm.models.base import build_model
+from gm.models.wavenet import WaveNetConfig
 from gm.params import load_params
 from gm.training.cluster import init_ray
 from gm.training.driver import fit
@@ -122,7 +134,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", type=parse_bools, default=[False, True], help="e.g. false,true")
     p.add_argument("--cpus-per-worker", type=float, default=1.0,
                    help="CPUs a Ray worker reserves; also the bare loop's torch threads on CPU")
+    p.add_argument("--generation", type=lambda s: [int(t) for t in parse_names(s, what="length")], default=None,
+                   help="instead: WaveNet sampling, cached vs naive, on (1, T) audio for these T, e.g. 2048,8000")
+    p.add_argument("--generation-batch", type=int, default=1, help="sequences drawn at once (--generation)")
+    p.add_argument("--wavenet", type=parse_overrides, default={},
+                   help="WaveNet config fields for --generation, e.g. layers_per_stack=10,stacks=3")
     return p
+
+
+def parse_overrides(text: str) -> dict:
+    """"a=1,b=2.5" -> {"a": 1, "b": 2.5} (ints, floats and booleans as such; checked by the config)."""
+    out = {}
+    for item in parse_names(text, what="field=value"):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected field=value, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[name.strip()] = low == "true"
+            continue
+        try:
+            out[name.strip()] = int(value)
+        except ValueError:
+            try:
+                out[name.strip()] = float(value)
+            except ValueError:
+                out[name.strip()] = value
+    return out
 
 
 # ------------------------------------------------------------------------ configurations
@@ -364,9 +402,74 @@ def bench_throughput(root: Path, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------ WaveNet generation
+
+
+def generation_rate(model, n: int, cached: bool, device: torch.device) -> float:
+    """Samples/s (n x T / seconds) of one `model.sample(n, cached=...)` call."""
+    g = torch.Generator().manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    model.sample(n, generator=g, cached=cached)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return n * model.data.dim / (time.perf_counter() - t0)
+
+
+def bench_generation(lengths: list[int], batch: int, overrides: dict, device: torch.device,
+                     threads: int) -> list[dict]:
+    """WaveNet's cached and naive sampling rates on (1, T) μ-law audio, one row per T."""
+    config = build(WaveNetConfig, overrides, "--wavenet")
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    rows = []
+    try:
+        for length in lengths:
+            torch.manual_seed(0)
+            spec = DataSpec(shape=(1, length), kind="audio", levels=MU_LAW_LEVELS)
+            model = build_model("wavenet", config, spec).to(device).eval()
+            model.sample(batch, generator=torch.Generator().manual_seed(0), cached=True)  # warm-up: first-touch
+            row = {"length": length, "batch": batch, "cached_per_s": generation_rate(model, batch, True, device)}
+            print(f"  T={length}: cached {row['cached_per_s']:.1f} samples/s; naive ...", flush=True)
+            row["naive_per_s"] = generation_rate(model, batch, False, device)
+            rows.append(row)
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def format_generation_table(rows: list[dict]) -> str:
+    head = f"  {'T':>6} {'batch':>5} {'cached/s':>10} {'naive/s':>10} {'x naive':>8}"
+    lines = [head, "  " + "-" * (len(head) - 2)]
+    for r in rows:
+        cached, naive = r["cached_per_s"], r["naive_per_s"]
+        ratio = f"{cached / naive:>8.1f}" if cached and naive else f"{'-':>8}"
+        naive_text = f"{naive:>10.1f}" if naive else f"{'-':>10}"
+        lines.append(f"  {r['length']:>6} {r['batch']:>5} {cached:>10.1f} {naive_text} {ratio}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = parser()
     args = p.parse_args(argv)
+    if args.generation is not None:
+        if min(args.generation) < 1 or args.generation_batch < 1:
+            p.error("--generation lengths and --generation-batch must be at least 1")
+        device_name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device_name)
+        try:
+            config = build(WaveNetConfig, args.wavenet, "--wavenet")
+        except ConfigError as e:
+            p.error(str(e))
+        print(f"WaveNet generation (samples/s = batch x T / seconds; receptive field {config.receptive_field})")
+        for line in machine_lines(device_name):
+            print("  " + line)
+        rows = bench_generation(args.generation, args.generation_batch, args.wavenet, device,
+                                max(1, int(args.cpus_per_worker)))
+        print("\n" + format_generation_table(rows))
+        return
     if min(args.workers, args.steps, args.warmup) < 1 or args.batch_size is not None and args.batch_size < 1:
         p.error("--workers, --steps, --warmup and --batch-size must be at least 1")
     bench_throughput(stage.root(), args)

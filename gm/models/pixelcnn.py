@@ -199,10 +199,16 @@ class AutoregressiveModel(GenerativeModel):
     capabilities = Capabilities(likelihood="exact")
     group = "ar"
 
+    @staticmethod
+    def models_discrete(data: DataSpec) -> bool:
+        """Discrete data this family's own body (`image_body`) models: (C, H, W) images for the image
+        nets; a sequence model (WaveNet, NADE) takes any data with levels, audio (1, T) included."""
+        return is_discrete_image(data)
+
     def __init__(self, config, data: DataSpec):
         super().__init__(config, data)
         self.n_classes = label_count(config.conditional, data)
-        if is_discrete_image(data):
+        if self.models_discrete(data):
             self.body = self.image_body()
         elif not data.levels:
             self.body = MADEMixture(data.dim, config.hidden, config.depth, config.components, self.n_classes)
