@@ -8,6 +8,8 @@ kind and whose inputs the sampler can provide is computed, each input at most on
   in the feature space of the dataset's featurizer (a versioned DVC output, identified
   by its hash), and class coverage/entropy under its classifier; on data drawn from a
   known factor grid (shapes32), the factors' coverage (gm.metrics.factors).
+- Audio: the same feature-space and class metrics, in the space of the dataset's 1-D featurizer;
+  samples are drawn as spectrograms beside test clips and written as WAV clips for the report.
 - Samplers with a likelihood: test NLL (nats) and bits/dim in data space (dequantized; an
   importance-weighted bound with `iwae_k` samples where the model's bound has one).
 - Autoencoders: reconstruction error; vector-quantised ones: codebook perplexity.
@@ -32,6 +34,8 @@ import gm.metrics  # noqa: F401  (importing the package registers every metric)
 from gm.core.config import bounded
 from gm.core.files import CorruptFile, read_json
 from gm.core.registry import METRICS, Metric
+from gm.data.audio import DEFAULT_SAMPLE_RATE, mu_law_decode, spectrogram
+from gm.data.importers import wav_bytes
 from gm.data.io import read_meta, read_split
 from gm.data.dataspec import DataSpec
 from gm.models.base import Capabilities, GenerativeModel, LikelihoodOf, load_model
@@ -144,6 +148,8 @@ class FeatureSpace:
 
 
 PIXELS = "pixels"
+FEATURIZED = ("image", "audio")  # the kinds whose labelled datasets get a trained featurizer (featurize stage)
+AUDIO_CLIP_COUNT = 8  # clips of samples (and as many of test data) written for listening
 
 
 def load_feature_space(directory: Path) -> FeatureSpace:
@@ -342,15 +348,62 @@ def show_image(ax, img: np.ndarray, levels: int | None) -> None:
         ax.imshow(np.clip(np.moveaxis(img, 0, -1) / top, 0.0, 1.0))
 
 
+def sample_rate_of(meta: dict) -> int:
+    """An audio dataset's sample rate (its meta.json), DEFAULT_SAMPLE_RATE where none is recorded."""
+    return int(meta.get("sample_rate") or DEFAULT_SAMPLE_RATE)
+
+
+def write_audio_clips(folder: Path, samples: np.ndarray, test: np.ndarray, sample_rate: int,
+                      n: int = AUDIO_CLIP_COUNT) -> Path:
+    """The first n samples and n test clips (μ-law levels (N, 1, T)) as 16-bit PCM WAV files
+    sample-00.wav, ..., test-00.wav, ... in `folder` (emptied of earlier clips first); returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.wav"):
+        old.unlink()
+    for prefix, clips in (("sample", samples), ("test", test)):
+        clips = np.asarray(clips)[:n]
+        for i, clip in enumerate(clips.reshape(len(clips), -1)):
+            (folder / f"{prefix}-{i:02d}.wav").write_bytes(wav_bytes(mu_law_decode(clip), sample_rate))
+    return folder
+
+
+def plot_spectrograms(ax_rows, clips: np.ndarray, sample_rate: int, label: str) -> None:
+    """Log-power spectrograms (gm.data.audio.spectrogram) of μ-law clips (N, 1, T) on a grid of axes,
+    each over the 80 dB below its own peak; kHz marked on the first column."""
+    cols = np.shape(ax_rows)[-1]
+    for i, ax in enumerate(np.ravel(ax_rows)):
+        ax.set_xticks([])
+        nyquist = sample_rate / 2000
+        ax.set_yticks([0, nyquist / 2, nyquist] if i % cols == 0 else [])
+        ax.tick_params(labelsize=5)
+        if i >= len(clips):
+            ax.axis("off")
+            continue
+        wave = mu_law_decode(np.asarray(clips[i]).reshape(-1))
+        freqs, _, db = spectrogram(wave, sample_rate)
+        ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
+                  extent=(0, len(wave) / sample_rate, 0, freqs[-1] / 1000))  # seconds × kHz
+        ax.set_title(f"{label} {i}", fontsize=6)
+        if i % cols == 0:
+            ax.set_ylabel("kHz", fontsize=6)
+
+
 def plot_samples(path: Path, samples: np.ndarray, test: np.ndarray, meta: dict, title: str) -> Path:
-    """A scatter over the mode centres (toys) or a grid of images."""
+    """A scatter over the mode centres (toys), a grid of images, or (audio) spectrograms of samples
+    above those of test clips."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if meta["kind"] == "toy":
+    if meta["kind"] == "audio":
+        cols, rows = 4, 2  # rows of samples, then as many of test clips
+        fig, axes = plt.subplots(2 * rows, cols, figsize=(cols * 1.8, 2 * rows * 1.3))
+        plot_spectrograms(axes[:rows], samples[: rows * cols], sample_rate_of(meta), "sample")
+        plot_spectrograms(axes[rows:], test[: rows * cols], sample_rate_of(meta), "test")
+    elif meta["kind"] == "toy":
         fig, ax = plt.subplots(figsize=(4.5, 4.5))
         ax.scatter(test[:, 0], test[:, 1], s=2, c="#bbbbbb", label="test data")
         ax.scatter(samples[:, 0], samples[:, 1], s=2, c="#d62728", label="samples")

@@ -1,4 +1,4 @@
-"""The per-dataset feature space of image metrics: a small CNN classifier in place of Inception.
+"""The per-dataset feature space of image and audio metrics: a small CNN classifier in place of Inception.
 
 Fréchet distance, KID and precision/recall need a feature space; Inception cannot be
 downloaded here, so each labelled image dataset gets its own small classifier, trained
@@ -12,6 +12,15 @@ The net takes DATA-space images and maps them itself: discrete data goes to
 ``x / (levels - 1) * 2 - 1`` without dequantization noise (a real and a generated
 integer image must map identically), continuous data is standardised with the
 training split's per-channel mean and std.
+
+Audio (kind "audio", (1, T) μ-law levels) maps its levels to [-1, 1] as an image's do, expands them
+to the waveform (μ-law's inverse), takes its log-power spectrogram (a fixed STFT, the same as
+gm.data.audio.spectrogram), and runs 1-D conv stages over time with the frequency bins as channels,
+as Dieleman & Schrauwen (2014, "End-to-end learning for music audio", ICASSP) do on spectrograms:
+their 1-D convolutions over time did better on spectrograms than on raw audio. So here: on 540 notes
+and 10 epochs a strided raw-waveform stack (conv 16 taps / stride 4, then 9-tap stages) reached 0.63
+held-out accuracy where this net reaches 0.99; the raw stack needed 1,350 notes, 20 epochs and lr 3e-3
+for 0.99 (a filter must resolve harmonics 130 Hz apart, at every pitch, to tell the timbres apart).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gm.core.config import ConfigError, build, bounded, to_dict
+from gm.data.audio import LOG_FLOOR, MU_LAW_LEVELS, STFT_HOP, STFT_SIZE, mu_law_expand
 from gm.data.dataspec import DataSpec
 from gm.core.files import atomic_write
 
@@ -67,12 +77,43 @@ def _conv(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), _norm(c_out), nn.ReLU()]
 
 
+AUDIO_SHIFT = 8  # samples per unit of augment_shift for audio: a 1-sample shift would teach nothing
+DB_CENTRE, DB_SCALE = -50.0, 30.0  # log power (dB, floor -100) -> (dB - centre) / scale: roughly [-1.7, 2]
+
+
+def _conv1d(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False), _norm(c_out), nn.ReLU()]
+
+
+def _is_audio(data: DataSpec) -> bool:
+    return data.kind == "audio"
+
+
+def log_spectrogram(wave: torch.Tensor) -> torch.Tensor:
+    """Waveforms (N, T) -> standardised log power (N, STFT_SIZE/2 + 1, frames): periodic Hann windows of
+    STFT_SIZE samples every STFT_HOP, no centring (clips shorter than a window are zero-padded to one),
+    power over the window's energy in dB floored at -100, as gm.data.audio.spectrogram; then
+    (dB - DB_CENTRE) / DB_SCALE."""
+    if wave.shape[-1] < STFT_SIZE:
+        wave = F.pad(wave, (0, STFT_SIZE - wave.shape[-1]))
+    window = torch.hann_window(STFT_SIZE, periodic=True, dtype=wave.dtype, device=wave.device)
+    spec = torch.stft(wave, STFT_SIZE, STFT_HOP, window=window, center=False, return_complex=True)
+    power = spec.real ** 2 + spec.imag ** 2
+    db = 10 * torch.log10((power / window.pow(2).sum()).clamp_min(LOG_FLOOR))
+    return (db - DB_CENTRE) / DB_SCALE
+
+
 class FeatureNet(nn.Module):
     """Conv stages (3x3 conv, 3x3 stride-2 conv; GroupNorm, ReLU) -> global average pool ->
     `feature_dim` linear + ReLU (the features) -> dropout -> linear classifier.
 
     Inputs are data-space images (N, C, H, W) of any size (stride-2 stages pad, so even
     a 1x1 map halves to 1x1); `normalise` maps them to the net's input space.
+
+    Audio (N, 1, T) of μ-law levels: the log-power spectrogram of the waveform (`log_spectrogram`:
+    n_fft/2 + 1 = 129 bins as channels, a frame every 64 samples), then per stage a 3-tap conv and a
+    3-tap stride-2 conv over time (GroupNorm, ReLU), global average pool over time -> the same feature
+    layer and classifier: T = 2000 is 28 frames, then 14, then 7 with the default two stages.
 
     `channelwise`: the image's channels are independent images of `num_classes` classes each (stacked
     digits: a digit per channel, as VEEGAN and PacGAN count modes). One net then reads every channel
@@ -86,8 +127,13 @@ class FeatureNet(nn.Module):
                  mean: list[float] | None = None, std: list[float] | None = None, channelwise: bool = False):
         super().__init__()
         self.channelwise = channelwise
-        if data.kind != "image" or len(data.shape) != 3:
-            raise ValueError(f"a featurizer needs (C, H, W) images; got kind {data.kind!r}, shape {data.shape}")
+        audio = _is_audio(data)
+        if audio and (len(data.shape) != 2 or data.shape[0] != 1 or data.levels != MU_LAW_LEVELS or channelwise):
+            raise ValueError(f"an audio featurizer needs (1, T) μ-law audio of {MU_LAW_LEVELS} levels, not "
+                             f"channel-wise; got shape {data.shape}, levels {data.levels}")
+        if not audio and (data.kind != "image" or len(data.shape) != 3):
+            raise ValueError(f"a featurizer needs (C, H, W) images or (1, T) audio; got kind {data.kind!r}, "
+                             f"shape {data.shape}")
         if num_classes < 2:
             raise ValueError(f"a featurizer needs at least 2 classes; got {num_classes}")
         self.data, self.num_classes, self.cfg = data, num_classes, cfg
@@ -99,13 +145,19 @@ class FeatureNet(nn.Module):
             raise ValueError("continuous images need the training mean and std (one per channel)")
         if len(mean) != c or len(std) != c or min(std) <= 0:
             raise ValueError(f"mean and std must have {c} values (one per channel), std > 0; got {mean}, {std}")
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(c, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(c, 1, 1))
+        spatial = (1,) * (len(data.shape) - 1)  # (c, 1, 1) for images, (c, 1) for audio
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(c, *spatial))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(c, *spatial))
         layers: list[nn.Module] = []
         if channelwise:
             c = 1
+        if audio:
+            c = STFT_SIZE // 2 + 1  # the spectrogram's frequency bins are the channels
         for width in cfg.channels:
-            layers += _conv(c, width, 1) + _conv(width, width, 2)
+            if audio:
+                layers += _conv1d(c, width, 3, 1) + _conv1d(width, width, 3, 2)
+            else:
+                layers += _conv(c, width, 1) + _conv(width, width, 2)
             c = width
         self.conv = nn.Sequential(*layers)
         self.feature = nn.Sequential(nn.Linear(c, cfg.feature_dim), nn.ReLU())
@@ -133,8 +185,10 @@ class FeatureNet(nn.Module):
         """(N, C, H, W) normalised -> (N, feature_dim), or (N·C, feature_dim) channel-wise."""
         if self.channelwise:
             x = x.reshape(-1, 1, *x.shape[2:])  # every channel an image of its own
-        h = self.conv(x)  # (N, C', H', W')
-        return self.feature(h.mean(dim=(2, 3)))
+        if _is_audio(self.data):
+            x = log_spectrogram(mu_law_expand(x[:, 0]))  # (N, F, frames)
+        h = self.conv(x)  # (N, C', H', W'), or (N, C', T') for audio
+        return self.feature(h.mean(dim=tuple(range(2, h.dim()))))  # global average pool
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Data-space images (N, C, H, W) -> features (N, embed_dim)."""
@@ -176,6 +230,16 @@ def _shift(x: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.T
     cols = torch.arange(w)[None, :] + s + dx[:, None]  # (N, W)
     out = padded[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, C)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _shift_time(x: torch.Tensor, max_shift: int, rng: np.random.Generator) -> torch.Tensor:
+    """Delay or advance each clip (N, C, T) by its own d in [-max_shift, max_shift] samples, edges replicated."""
+    n, _, t = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s), mode="replicate")  # (N, C, T+2s)
+    d = torch.from_numpy(rng.integers(-s, s + 1, size=n))
+    idx = torch.arange(t)[None, :] + s + d[:, None]  # (N, T)
+    return torch.gather(padded, 2, idx[:, None, :].expand(-1, x.shape[1], -1))
 
 
 def _check_split(x: np.ndarray, y: np.ndarray, data: DataSpec, num_classes: int, name: str) -> None:
@@ -234,7 +298,7 @@ def _fit(train_x, train_y, val_x, val_y, data: DataSpec, num_classes: int, cfg: 
          channelwise: bool = False):
     mean = std = None
     if not data.levels:
-        axes = (0, 2, 3)
+        axes = (0, *range(2, train_x.ndim))  # every axis but the channels'
         mean = train_x.mean(axis=axes, dtype=np.float64).tolist()
         std = [s if s > 0 else 1.0 for s in train_x.std(axis=axes, dtype=np.float64).tolist()]  # constant channel
     # channel-wise, the cross-entropy of the joint log-probabilities is the sum of the channels' own
@@ -249,8 +313,10 @@ def _fit(train_x, train_y, val_x, val_y, data: DataSpec, num_classes: int, cfg: 
         order = torch.from_numpy(rng.permutation(len(xt)))
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
-            xb = xt[idx]  # (B, C, H, W), data space
-            if cfg.augment_shift:
+            xb = xt[idx]  # (B, C, H, W) or (B, C, T), data space
+            if cfg.augment_shift and _is_audio(data):
+                xb = _shift_time(xb, cfg.augment_shift * AUDIO_SHIFT, rng)
+            elif cfg.augment_shift:
                 xb = _shift(xb, cfg.augment_shift, rng)
             loss = F.cross_entropy(net(xb), yt[idx])
             opt.zero_grad(set_to_none=True)
@@ -286,7 +352,7 @@ def _batches(net: FeatureNet, x_data: np.ndarray, batch_size: int, fn) -> list[t
 
 
 def features(net: FeatureNet, x_data: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Features (N, feature_dim) float64 of data-space images (N, C, H, W) or flattened (N, C*H*W)."""
+    """Features (N, feature_dim) float64 of data-space images (N, C, H, W) or audio (N, 1, T), or flattened."""
     out = _batches(net, x_data, batch_size, net.embed)
     if not out:
         return np.zeros((0, net.embed_dim))

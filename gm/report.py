@@ -1,7 +1,8 @@
 """The leaderboard: one table per dataset (experiments × metrics) beside published rows.
 
-Builds reports/leaderboard.md, a self-contained reports/index.html (plots inlined)
-and reports/metrics.json from the evaluation, training and tuning outputs.
+Builds reports/leaderboard.md, a self-contained reports/index.html (plots inlined; an audio
+evaluation's WAV clips inlined as players) and reports/metrics.json from the evaluation, training
+and tuning outputs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def collect(root: Path) -> list[dict]:
         samples = EvalPaths(path.parent).samples
         # samples first, then the family's extra views (reconstructions, density heat maps)
         row["_figures"] = sorted(path.parent.glob("*.png"), key=lambda f: (f != samples, f.name))
+        row["_audio"] = sorted(EvalPaths(path.parent).audio.glob("*.wav"))  # audio data: clips to listen to
         rows.append(row)
     return rows
 
@@ -104,14 +106,14 @@ def tables(rows: list[dict]) -> dict[str, tuple[list[str], list[list[str]]]]:
 
 
 def featurizer_notes(root: Path, rows: list[dict]) -> dict[str, str]:
-    """dataset -> a line naming the feature space its image metrics live in."""
+    """dataset -> a line naming the feature space its image or audio metrics live in."""
     notes = {}
     for dataset in sorted({r["dataset"] for r in rows if r.get("featurizer")}):
         path = Layout(root).featurizer_metrics(dataset)
         info = json.loads(path.read_text()) if path.is_file() else {}
         if "hash" in info:
-            notes[dataset] = (f"Image metrics in the feature space of the {dataset} featurizer "
-                              f"{info['hash'][:16]} (test accuracy {info['test_accuracy']:.4f}).")
+            notes[dataset] = (f"Feature-space metrics (FD, KID, precision/recall, classes) in the space of the "
+                              f"{dataset} featurizer {info['hash'][:16]} (test accuracy {info['test_accuracy']:.4f}).")
     return notes
 
 
@@ -215,11 +217,19 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}">'
 
 
+def _audio(path: Path) -> str:
+    """A WAV file as an inline player, captioned with its name (sample-00, test-00, ...)."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure class="clip"><audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+            f"<figcaption>{html.escape(path.stem)}</figcaption></figure>")
+
+
 def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path], figures: list[Path]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>gm leaderboard</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
              "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:360px;margin:4px}</style>",
+             "td:first-child,th:first-child{text-align:left}img{max-width:360px;margin:4px}"
+             "figure.clip{display:inline-block;margin:2px 6px;font-size:80%}</style>",
              f"</head><body><h1>gm leaderboard</h1><p>{html.escape(INTRO)}</p>"]
     for dataset, (header, body) in tabs.items():
         note = f"<p>{html.escape(notes[dataset])}</p>" if dataset in notes else ""
@@ -229,6 +239,10 @@ def html_page(tabs, notes: dict[str, str], rows: list[dict], plots: list[Path], 
         parts.append("</table><div>")
         parts += [_img(f) for r in rows if r["dataset"] == dataset for f in r["_figures"]]
         parts.append("</div>")
+        for r in rows:
+            if r["dataset"] == dataset and r.get("_audio"):
+                parts.append(f"<h3>{html.escape(r['experiment'])}: listen</h3><div>"
+                             + "".join(_audio(f) for f in r["_audio"]) + "</div>")
     if plots:
         parts.append("<h2>training and tuning curves</h2>" + "".join(_img(p) for p in plots))
     if figures:

@@ -378,9 +378,9 @@ def test_image_folder_source(tmp_path):
 
 def test_known_sources():
     assert set(SOURCES) == {"digits", "ring8", "grid25", "swissroll", "moons", "idx", "npz", "image_folder",
-                            "stacked_digits", "shapes32"}
+                            "stacked_digits", "shapes32", "notes", "wav_folder"}
     for name, cls in SOURCES.items():
-        assert src({"source": name, **({"path": "p"} if name in ("npz", "image_folder") else {}),
+        assert src({"source": name, **({"path": "p"} if name in ("npz", "image_folder", "wav_folder") else {}),
                     **({"images": "i"} if name == "idx" else {})}).source == name
         assert cls.__dataclass_params__.frozen
 

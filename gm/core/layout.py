@@ -8,7 +8,7 @@ plots and deps, and tests/test_layout.py checks that each of those is a path of 
     artifacts/train/<experiment>/                  train: metrics.json, history.json, models/seed-<s>/
     artifacts/tune/<sweep>/                        tune: best.json, trials.parquet, curves.json, model/
     artifacts/eval/<label>/                        evaluate: metrics.json, samples.png, reconstructions.png,
-                                                   density.png (label: experiment, tuned-<sweep>,
+                                                   density.png, audio/*.wav (label: experiment, tuned-<sweep>,
                                                    baseline-<kind>-<dataset>)
     artifacts/timings/<stage>.json                 every stage's wall time
     artifacts/ray/                                 Ray checkpoints (unless ray.storage_path says otherwise)
@@ -112,6 +112,11 @@ class EvalPaths:
     @property
     def density(self) -> Path:
         return self.dir / "density.png"
+
+    @property
+    def audio(self) -> Path:
+        """Audio data: WAV clips of samples and test data (sample-00.wav, test-00.wav, ...) for the report."""
+        return self.dir / "audio"
 
 
 @dataclass(frozen=True)

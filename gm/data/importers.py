@@ -1,4 +1,4 @@
-"""Readers for raw dataset files: IDX (MNIST-style), possibly gzipped files, image folders.
+"""Readers for raw dataset files: IDX (MNIST-style), possibly gzipped files, image folders, WAV folders.
 
 Every problem with a file is a one-line error naming the file and what was expected:
 `FileNotFoundError` when it is absent, `ValueError` when it is there but unreadable.
@@ -9,11 +9,14 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import wave
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from gm.data.audio import mu_law_encode
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -153,6 +156,163 @@ def load_image_folder(folder: str | Path, grayscale: bool = True, size: int | No
     labelled = bool(class_dirs)
     return ImageFolder(
         x=np.ascontiguousarray(x),
+        y=np.array([label for _, label in files], dtype=np.int64) if labelled else None,
+        class_names=tuple(d.name for d in class_dirs) if labelled else None,
+        files=tuple(p.relative_to(folder) for p, _ in files),
+    )
+
+
+# ----------------------------------------------------------------------------------------- audio
+
+WAV_SUFFIXES = (".wav", ".wave")
+WAV_PCM, WAV_FLOAT, WAV_EXTENSIBLE = 0x0001, 0x0003, 0xFFFE  # RIFF WAVE format tags (Microsoft, mmreg.h)
+WAV_EXPECTED = "a RIFF WAVE file of 8/16/24/32-bit PCM or 32/64-bit float samples"
+
+
+@dataclass(frozen=True)
+class Wav:
+    """One WAV file's samples: waveform float64 (frames,) in [-1, 1], channels already averaged."""
+
+    waveform: np.ndarray
+    sample_rate: int
+    channels: int
+    bits: int
+    encoding: str  # "pcm" or "float"
+
+
+def _wav_chunks(data: bytes, path: Path) -> dict[bytes, bytes]:
+    """The chunks of a RIFF WAVE file, by id (the first of each; a chunk of odd size is padded by a byte)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError(f"{path}: not a WAV file (no RIFF/WAVE header); expected {WAV_EXPECTED}")
+    chunks: dict[bytes, bytes] = {}
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        body = data[pos + 8:pos + 8 + size]
+        if len(body) < size:
+            if cid != b"data":
+                raise ValueError(f"{path}: truncated {cid.decode('latin-1')!r} chunk ({len(body)} of {size} "
+                                 f"bytes); expected {WAV_EXPECTED}")
+            body = body[: len(body) - len(body) % 8]  # a streamed file's data size may be unset: take what is there
+        chunks.setdefault(cid, body)
+        pos += 8 + size + (size & 1)
+    return chunks
+
+
+def read_wav(path: str | Path) -> Wav:
+    """Parse a WAV file: PCM of 8 (unsigned), 16, 24 or 32 bits, or IEEE float of 32 or 64 bits,
+    plain or WAVE_FORMAT_EXTENSIBLE, any number of channels (averaged to mono). Integer PCM of b
+    bits maps to [-1, 1) by dividing by 2^(b-1) (8-bit is offset by 128 first); float is clipped to
+    [-1, 1]. Read by hand (the standard `wave` module of Python 3.11 reads integer PCM only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; expected {WAV_EXPECTED}")
+    chunks = _wav_chunks(path.read_bytes(), path)
+    fmt, data = chunks.get(b"fmt "), chunks.get(b"data")
+    if fmt is None or len(fmt) < 16:
+        raise ValueError(f"{path}: no (or a short) 'fmt ' chunk; expected {WAV_EXPECTED}")
+    if data is None:
+        raise ValueError(f"{path}: no 'data' chunk; expected {WAV_EXPECTED}")
+    tag, channels, rate = int.from_bytes(fmt[0:2], "little"), int.from_bytes(fmt[2:4], "little"), \
+        int.from_bytes(fmt[4:8], "little")
+    block, bits = int.from_bytes(fmt[12:14], "little"), int.from_bytes(fmt[14:16], "little")
+    if tag == WAV_EXTENSIBLE and len(fmt) >= 26:
+        tag = int.from_bytes(fmt[24:26], "little")  # the sub-format GUID starts with the plain tag
+    width = bits // 8
+    if tag == WAV_PCM and bits in (8, 16, 24, 32):
+        encoding = "pcm"
+    elif tag == WAV_FLOAT and bits in (32, 64):
+        encoding = "float"
+    else:
+        raise ValueError(f"{path}: format tag 0x{tag:04x} with {bits} bits per sample is not supported; "
+                         f"expected {WAV_EXPECTED}")
+    if channels < 1 or rate < 1 or block != channels * width:
+        raise ValueError(f"{path}: inconsistent 'fmt ' chunk ({channels} channels, {rate} Hz, block {block} "
+                         f"bytes for {bits}-bit samples); expected {WAV_EXPECTED}")
+    frames = len(data) // block
+    raw = np.frombuffer(data, dtype=np.uint8, count=frames * block).reshape(frames * channels, width)
+    if encoding == "float":
+        values = raw.copy().view("<f4" if bits == 32 else "<f8")[:, 0].astype(np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{path}: float samples include NaN or infinity; expected finite samples")
+        values = np.clip(values, -1.0, 1.0)
+    elif bits == 8:
+        values = (raw[:, 0].astype(np.float64) - 128) / 128  # 8-bit WAV is unsigned, silence at 128
+    else:
+        padded = np.zeros((len(raw), 4), dtype=np.uint8)  # little-endian: the value in the top bytes
+        padded[:, 4 - width:] = raw
+        values = padded.view("<i4")[:, 0].astype(np.float64) / 2.0 ** 31
+    return Wav(values.reshape(frames, channels).mean(axis=1), rate, channels, bits, encoding)
+
+
+def wav_bytes(waveform: np.ndarray, sample_rate: int) -> bytes:
+    """A mono 16-bit PCM WAV file (bytes) of a waveform in [-1, 1] (clipped; rounded to 1/32767)."""
+    pcm = np.round(np.clip(np.asarray(waveform, dtype=np.float64), -1.0, 1.0) * 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def fit_length(waveform: np.ndarray, samples: int, crop: str) -> np.ndarray:
+    """Exactly `samples` samples: cropped from the start or around the centre, or zero-padded at the end."""
+    if len(waveform) >= samples:
+        start = 0 if crop == "start" else (len(waveform) - samples) // 2
+        return waveform[start:start + samples]
+    return np.concatenate([waveform, np.zeros(samples - len(waveform))])
+
+
+@dataclass(frozen=True)
+class AudioFolder:
+    """Clips loaded from a folder: x μ-law levels uint8 (N, 1, T); y and class_names are None if unlabelled."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    class_names: tuple[str, ...] | None
+    files: tuple[Path, ...]  # relative to the folder, in the order of x
+
+
+def _is_wav(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in WAV_SUFFIXES and not p.name.startswith(".")
+
+
+def load_wav_folder(folder: str | Path, sample_rate: int, samples: int, crop: str = "start") -> AudioFolder:
+    """Load `folder/<class>/*.wav` (labelled, classes sorted by name) or `folder/*.wav` (unlabelled):
+    each file mono (channels averaged), at exactly `sample_rate` Hz (no resampling), cropped or
+    zero-padded to `samples`, μ-law encoded (gm.data.audio)."""
+    folder = Path(folder)
+    expected = "a folder of WAV files, one subfolder per class"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found; expected {expected}")
+    if crop not in ("start", "center"):
+        raise ValueError(f"crop {crop!r}: expected 'start' or 'center'")
+    loose = sorted(p for p in folder.iterdir() if _is_wav(p))
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [d for d in class_dirs if any(_is_wav(p) for p in d.iterdir())]
+    if loose and class_dirs:
+        raise ValueError(f"{folder}: has both WAV files and class subfolders with WAV files; expected one "
+                         "or the other (subfolders = labelled, loose files = unlabelled)")
+    if class_dirs:
+        files = [(p, label) for label, d in enumerate(class_dirs) for p in sorted(d.iterdir()) if _is_wav(p)]
+    else:
+        files = [(p, -1) for p in loose]
+    if not files:
+        raise ValueError(f"{folder}: no .wav files found; expected {expected} or directly in it")
+    x = np.empty((len(files), 1, samples), dtype=np.uint8)
+    for i, (p, _) in enumerate(files):
+        wav = read_wav(p)
+        if wav.sample_rate != sample_rate:
+            raise ValueError(f"{p}: sample rate {wav.sample_rate} Hz; expected {sample_rate} Hz (the dataset's "
+                             "sample_rate; resample the file, gm does not)")
+        if len(wav.waveform) == 0:
+            raise ValueError(f"{p}: no samples; expected at least one frame of audio")
+        x[i, 0] = mu_law_encode(fit_length(wav.waveform, samples, crop))
+    labelled = bool(class_dirs)
+    return AudioFolder(
+        x=x,
         y=np.array([label for _, label in files], dtype=np.int64) if labelled else None,
         class_names=tuple(d.name for d in class_dirs) if labelled else None,
         files=tuple(p.relative_to(folder) for p, _ in files),

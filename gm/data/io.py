@@ -178,7 +178,7 @@ def write_splits(out_dir: str | Path, x: np.ndarray, y: np.ndarray | None, info:
         "schema": {f.name: str(f.type) for f in schema},
         "sha256": hashes,  # of each split's file: readers catch a truncated or altered split
     }
-    for key in ("class_names", "factors", "channel_classes"):  # optional: only where the source has them
+    for key in ("class_names", "factors", "channel_classes", "sample_rate"):  # optional: only where the source has them
         if info.get(key):
             meta[key] = info[key]
     text = json.dumps(meta, sort_keys=True, indent=2) + "\n"

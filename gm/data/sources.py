@@ -20,8 +20,8 @@ from typing import Literal, Mapping
 import numpy as np
 
 from gm.core.config import ConfigError, build, bounded, to_dict
-from gm.data import shapes, stacked
-from gm.data.importers import load_image_folder, read_bytes, read_idx
+from gm.data import audio, shapes, stacked
+from gm.data.importers import load_image_folder, load_wav_folder, read_bytes, read_idx
 from gm.core.registry import Registry
 
 SOURCES = Registry("data source")
@@ -211,16 +211,26 @@ class FileSource(Source):
 @SOURCES.register("digits")
 @dataclass(frozen=True)
 class Digits(FileSource):
-    """scikit-learn's 8x8 digits: a CSV (gzipped or not) of 64 pixels 0..16 then the label 0..9."""
+    """scikit-learn's 8x8 digits: a CSV (gzipped or not) of 64 pixels 0..16 then the label 0..9.
+
+    `binarize: t` makes each pixel x >= t (values 0/1, levels 2): binary digits, the setting of NADE
+    and of the binarized-MNIST literature (Larochelle & Murray 2011, §5), as a thresholded image."""
 
     source: Literal["digits"] = "digits"
     path: str = DIGITS_PATH
+    binarize: int | None = bounded(None, ge=1, le=16)  # threshold t in 1..16 (0 or 17 would leave one value)
 
     expected = ("sklearn's digits CSV (run `gm data init`) or point `path` of this dataset in "
                 "params.yaml at a copy")
     LEVELS = 17
     CLASSES = 10
     COLUMNS = 65
+
+    def __post_init__(self):
+        # Subclasses (stacked_digits) inherit the field but build on the 17 levels: refuse it there.
+        if self.binarize is not None and self.source != "digits":
+            raise ConfigError(f"binarize: only the digits source binarizes; {self.source} keeps the digits' "
+                              f"{self.LEVELS} levels, got binarize: {self.binarize}")
 
     def paths(self):
         return (self.path,)
@@ -234,8 +244,12 @@ class Digits(FileSource):
         check_levels(x, self.LEVELS, full)
         if y.size and (y.min() < 0 or y.max() >= self.CLASSES or not _integral(y)):
             raise ValueError(f"{full}: labels (last column) must be integers in 0..{self.CLASSES - 1}")
-        return (x.reshape(-1, 1, 8, 8).astype(np.float32), y.astype(np.int64),
-                _info("image", (1, 8, 8), self.LEVELS, self.CLASSES, [self.path]))
+        x = x.reshape(-1, 1, 8, 8).astype(np.float32)
+        if self.binarize is None:
+            return x, y.astype(np.int64), _info("image", (1, 8, 8), self.LEVELS, self.CLASSES, [self.path])
+        # Binary: the data are the file's pixels thresholded, so the source hash covers the threshold too.
+        return ((x >= self.binarize).astype(np.float32), y.astype(np.int64),
+                _info("image", (1, 8, 8), 2, self.CLASSES, [self.path], generated_from_files=True))
 
 
 @SOURCES.register("stacked_digits")
@@ -273,6 +287,41 @@ class Shapes32(Source):
         x, y, _ = shapes.generate(self.n, np.random.default_rng(seed))
         return x, y, _info("image", (3, shapes.SIZE, shapes.SIZE), shapes.LEVELS, len(shapes.KINDS),
                            class_names=list(shapes.KINDS), factors=shapes.FACTORS)
+
+
+def _audio_samples(sample_rate: int, duration: float) -> int:
+    """T = sample_rate · duration; a ConfigError naming `duration` when it is not a whole number."""
+    try:
+        return audio.clip_samples(sample_rate, duration)
+    except ValueError as e:
+        raise ConfigError(f"duration: {e}") from None
+
+
+@SOURCES.register("notes")
+@dataclass(frozen=True)
+class Notes(Source):
+    """Audio clips of one synthesised note each (gm.data.audio: flute with vibrato, Karplus-Strong string,
+    odd-harmonic clarinet, Risset bell, brass brightening with loudness; the label is the timbre), pitch from
+    C major over C3..C5, ADSR envelope, random peak and onset, a little noise; μ-law levels (1, T)."""
+
+    source: Literal["notes"] = "notes"
+    n: int = bounded(4000, gt=0)
+    sample_rate: int = bounded(audio.DEFAULT_SAMPLE_RATE, ge=audio.MIN_SAMPLE_RATE, le=audio.MAX_SAMPLE_RATE)
+    duration: float = bounded(0.25, gt=0, le=4.0)  # seconds: 0.25 s at 8 kHz is T = 2000
+    noise: float = bounded(audio.NOISE_STD, ge=0, le=0.1)  # std of the white noise, of full scale
+
+    @property
+    def samples(self) -> int:
+        return _audio_samples(self.sample_rate, self.duration)
+
+    def validate(self):
+        _audio_samples(self.sample_rate, self.duration)  # a ConfigError naming duration
+
+    def load(self, repo_root, seed):
+        x, y, _ = audio.generate_notes(self.n, self.sample_rate, self.duration, np.random.default_rng(seed),
+                                       self.noise)
+        return x, y, _info("audio", (1, self.samples), audio.MU_LAW_LEVELS, len(audio.TIMBRES),
+                           class_names=list(audio.TIMBRES), sample_rate=self.sample_rate)
 
 
 def parse_csv(data: bytes, columns: int, path, expected: str) -> np.ndarray:
@@ -408,3 +457,43 @@ class ImageFolderSource(FileSource):
         extra = {"class_names": list(loaded.class_names)} if loaded.class_names else {}
         return (loaded.x.astype(np.float32), loaded.y,
                 _info("image", loaded.x.shape[1:], self.LEVELS, _num_classes(loaded.y), files, **extra))
+
+
+@SOURCES.register("wav_folder")
+@dataclass(frozen=True)
+class WavFolder(FileSource):
+    """WAV files (PCM 8/16/24/32-bit or float; stereo averaged to mono): one subfolder per class (labelled)
+    or directly in `path` (unlabelled); every file at `sample_rate`, cropped or zero-padded to `duration`,
+    μ-law encoded to 256 levels (1, T)."""
+
+    path: str
+    source: Literal["wav_folder"] = "wav_folder"
+    sample_rate: int = bounded(audio.DEFAULT_SAMPLE_RATE, ge=1000, le=192000)  # every file's own; no resampling
+    duration: float = bounded(0.25, gt=0, le=60.0)  # seconds kept of each file
+    crop: Literal["start", "center"] = "start"  # which part of a longer file is kept
+
+    expected = "a folder of WAV files, one subfolder per class; set `path` of this dataset"
+
+    @property
+    def samples(self) -> int:
+        return _audio_samples(self.sample_rate, self.duration)
+
+    def validate(self):
+        _audio_samples(self.sample_rate, self.duration)  # a ConfigError naming duration
+
+    def paths(self):
+        return (self.path,)
+
+    def check(self, repo_root):
+        full = Path(repo_root) / self.path
+        if not full.is_dir():
+            raise FileNotFoundError(f"{full}: folder not found; expected {self.expected}")
+
+    def load(self, repo_root, seed):
+        self.check(repo_root)
+        loaded = load_wav_folder(Path(repo_root) / self.path, self.sample_rate, self.samples, self.crop)
+        files = [(Path(self.path) / f).as_posix() for f in loaded.files]
+        extra = {"class_names": list(loaded.class_names)} if loaded.class_names else {}
+        return (loaded.x.astype(np.float32), loaded.y,
+                _info("audio", (1, self.samples), audio.MU_LAW_LEVELS, _num_classes(loaded.y), files,
+                      sample_rate=self.sample_rate, **extra))

@@ -8,7 +8,7 @@ from gm.core.registry import register_metric
 
 
 @register_metric("recon_mse", consumes={"reconstructions": "test_reconstructions", "data": "test"},
-                 kinds=("toy", "image"))
+                 kinds=("toy", "image", "audio"))
 def recon_mse(reconstructions: np.ndarray, data: np.ndarray) -> dict[str, float]:
     """Mean squared error per dimension between data (N, ...) and its reconstructions, both in
     data space. Returns {"test_recon_mse": ...}."""
@@ -17,7 +17,7 @@ def recon_mse(reconstructions: np.ndarray, data: np.ndarray) -> dict[str, float]
 
 
 @register_metric("codebook_perplexity", consumes={"quantizer": "quantizer", "data": "test", "seed": "seed"},
-                 kinds=("toy", "image"))
+                 kinds=("toy", "image", "audio"))
 def codebook_perplexity(quantizer, data: np.ndarray, seed: int) -> dict[str, float]:
     """How many codebook entries the codes of data use: exp(entropy of their average usage),
     from 1 to the codebook size, by a sampler whose capabilities declare a codebook

@@ -1,5 +1,5 @@
 """Sample-quality metrics on feature vectors: Fréchet distance, KID, class statistics and the
-classifier (Inception) score.
+classifier (Inception) score, for images and audio alike (each in its dataset's feature space).
 
 The features come from the dataset's featurizer (gm.featurizer), or are the pixels
 themselves where there is none (gm.evaluation.FeatureSpace); numbers are only comparable
@@ -56,7 +56,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
 
 @register_metric("fd", consumes={"features_a": "test_features", "features_b": "sample_features"},
-                 kinds=("image",))
+                 kinds=("image", "audio"))
 def fd(features_a: np.ndarray, features_b: np.ndarray) -> dict[str, float]:
     """Fréchet distance between Gaussians fitted to features (N, d) and (M, d).
 
@@ -85,7 +85,7 @@ def _mmd2_unbiased_poly(x: np.ndarray, y: np.ndarray) -> float:
 
 @register_metric("kid", consumes={"features_a": "test_features", "features_b": "sample_features",
                                   "subsets": "kid_subsets", "subset_size": "kid_subset_size", "seed": "seed"},
-                 kinds=("image",))
+                 kinds=("image", "audio"))
 def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100,
         subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
     """Kernel Inception Distance between features (N, d) and (M, d).
@@ -111,7 +111,7 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100,
 
 
 @register_metric("classes", consumes={"predicted_labels": "predicted_labels", "num_classes": "num_classes"},
-                 kinds=("image",))
+                 kinds=("image", "audio"))
 def class_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """How evenly samples spread over classes, from a classifier's predicted labels (N,).
 
@@ -131,7 +131,7 @@ def class_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, f
 
 
 @register_metric("class_modes", consumes={"predicted_labels": "predicted_labels", "num_classes": "num_classes"},
-                 kinds=("image",))
+                 kinds=("image", "audio"))
 def mode_histogram_metrics(predicted_labels: np.ndarray, num_classes: int) -> dict[str, float]:
     """VEEGAN's and PacGAN's mode statistics, each class a mode (stacked digits: 1,000), from a
     classifier's predicted labels (N,): modes_covered, the number of modes predicted at least
@@ -189,7 +189,7 @@ def classifier_score(probs: np.ndarray) -> float:
 
 @register_metric("classifier_score", consumes={"sample_probs": "sample_class_probs",
                                                "test_probs": "test_class_probs"},
-                 kinds=("image",))
+                 kinds=("image", "audio"))
 def classifier_scores(sample_probs: np.ndarray, test_probs: np.ndarray) -> dict[str, float]:
     """The classifier (Inception) score of the samples, and of the test data as the reference
     (a model that matches the data scores about the test score at the same N).

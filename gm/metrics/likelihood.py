@@ -9,7 +9,7 @@ from gm.core.registry import register_metric
 
 
 @register_metric("likelihood", consumes={"log_likelihoods": "test_log_likelihoods", "dim": "dim",
-                                         "likelihood": "likelihood"}, kinds=("toy", "image"))
+                                         "likelihood": "likelihood"}, kinds=("toy", "image", "audio"))
 def held_out_likelihood(log_likelihoods: np.ndarray, dim: int, likelihood: str) -> dict[str, float]:
     """Mean test NLL of (N,) per-example log-likelihoods (nats, data space: see
     gm.inference.data_log_prob), the same in bits per dimension, and whether it bounds the

@@ -40,7 +40,7 @@ def _kth_neighbour_radii(x: torch.Tensor, ks: tuple[int, ...], chunk_rows: int) 
 
 
 @register_metric("prdc", consumes={"real_features": "test_features", "fake_features": "sample_features"},
-                 kinds=("image",))
+                 kinds=("image", "audio"))
 def prdc(real_features: np.ndarray, fake_features: np.ndarray, k_pr: int = 3, k_dc: int = 5,
          chunk_rows: int = CHUNK_ROWS) -> dict[str, float]:
     """Improved precision and recall, density and coverage of fake (M, d) against real (N, d).

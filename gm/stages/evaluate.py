@@ -4,7 +4,8 @@ one protocol on the test split, mean ± std over seeds.
     source "train", name <experiment>  -> artifacts/eval/<experiment>/
     source "tune", name <sweep>        -> artifacts/eval/tuned-<sweep>/
     source "baseline", name <dataset>  -> artifacts/eval/baseline-<kind>-<dataset>/
-each holding metrics.json and samples.png.
+each holding metrics.json and samples.png (audio: spectrograms of samples above test clips, and
+audio/ with WAV clips of both for the report's players).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 from gm import stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
 from gm.figures.stylegan import evaluation_figures
-from gm.evaluation import aggregate, evaluate, load_feature_space, load_sampler, plot_density, plot_samples
+from gm.evaluation import (FEATURIZED, aggregate, evaluate, load_feature_space, load_sampler,
+                           plot_density, plot_samples, sample_rate_of, write_audio_clips)
 from gm.core.files import read_json, write_json
 from gm.core.layout import Layout, baseline_label, tuned_label
 from gm.baselines import BASELINES, fit_baseline
@@ -81,7 +83,7 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
     data_dir = stage.prepared_dir(c.dataset, root)
     meta = read_meta(data_dir)
     layout = Layout(root)
-    space = load_feature_space(layout.featurizer(c.dataset)) if meta["kind"] == "image" else None
+    space = load_feature_space(layout.featurizer(c.dataset)) if meta["kind"] in FEATURIZED else None
     per_seed, first_samples = {}, None
     for seed, sampler in c.samplers.items():
         per_seed[seed], samples = evaluate(sampler, data_dir, params.evaluate, space, seed=seed)
@@ -99,6 +101,8 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
     plot = plot_samples(out.samples, first_samples[: params.evaluate.plot_samples], test_x, meta,
                         f"{c.label} ({c.family} on {c.dataset})")
     plots = [plot]
+    if meta["kind"] == "audio":  # clips to listen to: the report embeds them as players
+        plots.append(write_audio_clips(out.audio, first_samples, test_x, sample_rate_of(meta)))
     first = next(iter(c.samplers.values()))
     if meta["kind"] == "image" and hasattr(first, "model"):  # a family's own figures; baselines have no model
         plots += evaluation_figures(first.model, out.dir, c.label, params.evaluate.seed)
@@ -118,7 +122,7 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
                                                                    "model_versions": summary["registered_versions"]}})
         tracking.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
         for p in plots:
-            tracking.log_artifacts(p)
+            tracking.log_artifacts(p, p.name if p.is_dir() else None)  # a folder keeps its name
         tracking.log_artifacts(out.metrics)
     for seed, version in c.versions.items():
         if version is not None:

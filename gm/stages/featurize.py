@@ -1,8 +1,9 @@
-"""Stage `featurize@<dataset>`: the dataset's featurizer (a small CNN classifier) for image metrics.
+"""Stage `featurize@<dataset>`: the dataset's featurizer (a small CNN classifier) for image and audio metrics.
 
 Writes artifacts/featurizer/<dataset>/{space.json, model/} and artifacts/featurizer-metrics/<dataset>.json;
-params.yaml section `featurize`. Labelled images get a trained featurizer; toys and unlabelled data
-are compared in their own (pixel) space, which space.json records.
+params.yaml section `featurize`. Labelled images and labelled audio get a trained featurizer (2-D or 1-D
+convolutions); toys and unlabelled data are compared in their own (pixel or sample) space, which
+space.json records.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from gm import stage
 from gm.data.io import data_spec, read_meta, read_split
-from gm.evaluation import PIXELS
+from gm.evaluation import FEATURIZED, PIXELS
 from gm.featurizer import FeaturizerConfig, predict, save_featurizer, train_featurizer
 from gm.core.files import write_json
 from gm.core.layout import Layout
@@ -27,9 +28,10 @@ def featurize(dataset: str, root: Path, cfg: FeaturizerConfig) -> dict:
     out = layout.featurizer(dataset)
     if out.exists():
         shutil.rmtree(out)
-    if data.kind != "image" or not data.num_classes:
-        why = "toy data: metrics use the points themselves" if data.kind != "image" else \
-            "unlabelled images: no classifier to train, metrics use pixels"
+    if data.kind not in FEATURIZED or not data.num_classes:
+        why = {"toy": "toy data: metrics use the points themselves",
+               "audio": "unlabelled audio: no classifier to train, metrics use the samples themselves"}.get(
+            data.kind, "unlabelled images: no classifier to train, metrics use pixels")
         write_json(out / "space.json", {"space": PIXELS, "hash": PIXELS, "reason": why})
         summary = {"space": PIXELS}
         write_json(layout.featurizer_metrics(dataset), summary)
