@@ -172,3 +172,11 @@ def test_exact_gaussian_kde_matches_the_definition_where_scikit_learn_does_not()
         np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-9)
     sk = KernelDensity(bandwidth=0.3).fit(data).score_samples(q)
     np.testing.assert_allclose(ours, sk, rtol=1e-9, atol=1e-9)
+
+
+def test_gmm_grid_keeps_components_with_enough_rows_for_their_covariance():
+    from gm.baselines import GMM_COMPONENTS, _gmm_grid
+
+    assert _gmm_grid(np.zeros((1257, 64))) == GMM_COMPONENTS  # digits: every count, as published
+    assert _gmm_grid(np.zeros((2800, 2000))) == (1, 2)  # audio clips: 1,400 rows each at most
+    assert _gmm_grid(np.zeros((100, 4000))) == (1,)  # always one Gaussian at least
