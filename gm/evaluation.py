@@ -105,6 +105,11 @@ class ModelSampler:
         """The codebook perplexity of data-space x's codes, for a vector-quantised family."""
         return float(self.model.codebook_perplexity(self.to_model(x, seed)))
 
+    @torch.no_grad()
+    def level_perplexities(self, x: np.ndarray, seed: int) -> dict[str, float]:
+        """Each codebook level's perplexity over data-space x's codes ({} for a single codebook)."""
+        return {k: float(v) for k, v in self.model.level_perplexities(self.to_model(x, seed)).items()}
+
 
 def with_eval_bound(model: GenerativeModel, k: int) -> GenerativeModel:
     """An importance-weighted bound is evaluated with the (larger) evaluation k; other models as they are."""

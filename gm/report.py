@@ -59,7 +59,9 @@ COLUMNS = {  # metric -> header
     "classifier_score": "classifier score", "classifier_score_test": "classifier score (test data)",
     "factor_coverage": "factor coverage", "factor_kl": "factor KL", "on_grid": "on grid",
     "test_bits_per_dim": "test bits/dim",
-    "test_nll_nats": "test NLL (nats)", "samples_per_s": "samples/s",
+    "test_nll_nats": "test NLL (nats)", "codebook_perplexity": "codebook perplexity",
+    "codebook_perplexity_top": "perplexity (top codes)", "codebook_perplexity_bottom": "perplexity (bottom codes)",
+    "samples_per_s": "samples/s",
 }
 
 

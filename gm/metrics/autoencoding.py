@@ -21,5 +21,8 @@ def recon_mse(reconstructions: np.ndarray, data: np.ndarray) -> dict[str, float]
 def codebook_perplexity(quantizer, data: np.ndarray, seed: int) -> dict[str, float]:
     """How many codebook entries the codes of data use: exp(entropy of their average usage),
     from 1 to the codebook size, by a sampler whose capabilities declare a codebook
-    (`codebook_perplexity(x, seed)` in data space). Returns {"codebook_perplexity": ...}."""
-    return {"codebook_perplexity": float(quantizer.codebook_perplexity(data, seed))}
+    (`codebook_perplexity(x, seed)` in data space), and for a hierarchy of codebooks each level's
+    (`level_perplexities(x, seed)`). Returns {"codebook_perplexity": ..., "codebook_perplexity_<level>": ...}."""
+    levels = quantizer.level_perplexities(data, seed)
+    return {"codebook_perplexity": float(quantizer.codebook_perplexity(data, seed)),
+            **{f"codebook_perplexity_{level}": float(v) for level, v in levels.items()}}

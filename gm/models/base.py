@@ -172,6 +172,13 @@ class GenerativeModel(nn.Module):
         """exp(entropy of the average code usage) over the codes of the batch x; from 1 to K."""
         raise NotImplementedError(f"{type(self).__name__} has no codebook")
 
+    def level_perplexities(self, x: torch.Tensor) -> dict[str, float]:
+        """Part of the codebook ability: each level's perplexity over the codes of the batch x, by level
+        name, for a hierarchy of codebooks (VQ-VAE-2: {"top": ..., "bottom": ...}); {} for one codebook."""
+        if not self.capabilities.codebook:
+            raise NotImplementedError(f"{type(self).__name__} has no codebook")
+        return {}
+
     # -- helpers ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -46,7 +46,7 @@ from gm.core.numerics import bits_per_dim
 from gm.core.dist import world_size
 
 __all__ = ["VQVAE", "VQVAEConfig", "nearest_codes", "straight_through", "commitment_loss", "codebook_loss",
-           "ema_codebook_update", "perplexity"]
+           "ema_codebook_update", "perplexity", "draw_codebook", "code_statistics", "apply_ema"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,44 @@ def ema_codebook_update(count: torch.Tensor, total: torch.Tensor, n: torch.Tenso
     size = count.sum()
     smoothed = (count + eps) / (size + count.numel() * eps) * size  # (K,)
     return count, total, total / smoothed.unsqueeze(1)
+
+
+@torch.no_grad()
+def draw_codebook(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """K code vectors drawn from the encodings flat (N, D), for data initialisation: without
+    replacement, or with N < K with replacement and slightly jittered. Rank 0's draw is broadcast so
+    that workers agree."""
+    n = flat.shape[0]
+    if n >= k:
+        new = flat[torch.randperm(n, device=flat.device)[:k]].clone()
+    else:
+        new = flat[torch.randint(n, (k,), device=flat.device)]
+        new = new + 1e-3 * (new.std() + 1e-8) * torch.randn_like(new)
+    if world_size() > 1:
+        dist.broadcast(new, src=0)
+    return new
+
+
+def code_statistics(codes: torch.Tensor, flat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's assignment counts n_i (K,) and sums Σ_j z_ij (K, D) of its codes (any shape, N in all)
+    and their encodings flat (N, D), for `apply_ema`."""
+    onehot = F.one_hot(codes.flatten(), k).to(flat.dtype)  # (N, K)
+    return onehot.sum(0), onehot.T @ flat
+
+
+@torch.no_grad()
+def apply_ema(count: torch.Tensor, total: torch.Tensor, codebook: torch.Tensor,
+              stats: tuple[torch.Tensor, torch.Tensor], decay: float, eps: float) -> None:
+    """Move the EMA buffers and the codebook in place by one batch's `code_statistics` (Eqs. 6-8),
+    summed over all workers first so that their codebooks agree."""
+    n, sums = stats
+    if world_size() > 1:
+        dist.all_reduce(n)
+        dist.all_reduce(sums)
+    new_count, new_total, new_codebook = ema_codebook_update(count, total, n, sums, decay, eps)
+    count.copy_(new_count)
+    total.copy_(new_total)
+    codebook.copy_(new_codebook)
 
 
 def perplexity(codes: torch.Tensor, k: int) -> torch.Tensor:
@@ -289,16 +327,8 @@ class VQVAE(GenerativeModel):
 
     @torch.no_grad()
     def _init_codebook(self, flat: torch.Tensor) -> None:
-        """Codebook := K encodings drawn from the batch, (N, D). With N < K they are drawn with
-        replacement and slightly jittered. Rank 0's draw is broadcast so that workers agree."""
-        n, k = flat.shape[0], self.config.codebook_size
-        if n >= k:
-            new = flat[torch.randperm(n, device=flat.device)[:k]].clone()
-        else:
-            new = flat[torch.randint(n, (k,), device=flat.device)]
-            new = new + 1e-3 * (new.std() + 1e-8) * torch.randn_like(new)
-        if world_size() > 1:
-            dist.broadcast(new, src=0)
+        """Codebook := K encodings drawn from the batch, (N, D) (`draw_codebook`)."""
+        new = draw_codebook(flat, self.config.codebook_size)
         self.codebook.data.copy_(new)
         if self.config.codebook == "ema":
             self.ema_sum.copy_(new * self.ema_count.unsqueeze(1))
@@ -329,8 +359,7 @@ class VQVAE(GenerativeModel):
             logs["codebook_loss"] = cb.item()
         elif self.training:
             # Applied in after_step, so the codebook moves with the optimizer step and not on every loss call.
-            onehot = F.one_hot(codes.flatten(), c.codebook_size).to(flat.dtype)  # (N, K)
-            self._pending_ema = (onehot.sum(0), onehot.T @ flat)  # (K,), (K, D)
+            self._pending_ema = code_statistics(codes, flat, c.codebook_size)
         logs.update(loss=loss.item(), perplexity=perplexity(codes, c.codebook_size).item(),
                     codes_used=float(codes.unique().numel()))
         if hasattr(self.obs, "log_std"):
@@ -359,16 +388,9 @@ class VQVAE(GenerativeModel):
             return
         self.obs.after_step()
         if self._pending_ema is not None:
-            n, sums = self._pending_ema
+            apply_ema(self.ema_count, self.ema_sum, self.codebook, self._pending_ema, self.config.ema_decay,
+                      self.config.ema_eps)
             self._pending_ema = None
-            if world_size() > 1:  # the statistics of the whole global batch, so all workers' codebooks agree
-                dist.all_reduce(n)
-                dist.all_reduce(sums)
-            count, total, codebook = ema_codebook_update(self.ema_count, self.ema_sum, n, sums,
-                                                         self.config.ema_decay, self.config.ema_eps)
-            self.ema_count.copy_(count)
-            self.ema_sum.copy_(total)
-            self.codebook.copy_(codebook)
         self.steps.add_(1)
 
     # -- the contract ---------------------------------------------------------------------------------
