@@ -14,6 +14,7 @@ from torch.autograd import grad
 import gm.models  # noqa: F401  (fills the registry)
 from gm.core.config import ConfigError, build
 from gm.data.dataspec import DataSpec
+from gm.models.base import Batch, load_model, save_model
 from gm.models.pixelcnnpp import params_per_pixel
 from gm.nn.gated_pixelcnn import GatedPixelCNN
 from gm.nn.observation import bin_centres, levels_of
@@ -405,3 +406,40 @@ def test_vector_fallback_is_autoregressive_and_normalised(family):
     with torch.no_grad():
         mass = model.log_prob(torch.cartesian_prod(axis, axis)).exp().sum() * (axis[1] - axis[0]) ** 2
     assert mass.item() == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_polyak_averaged_weights_score_and_sample_while_the_live_ones_train(family, tmp_path):
+    # ema: d: after each step avg <- d_t·avg + (1 - d_t)·θ, d_t = min(d, (1 + t)/(10 + t)) (gm.nn.ema); log_prob
+    # and sample use the average, the loss the live weights; the average is saved with the model.
+    model = make(family, GREY, ema=0.9, lr=1e-2)
+    x = GREY.to_model(random_levels(GREY, 16, seed=0), generator=seeded(1))
+    avg = {k: v.detach().clone() for k, v in model.body.named_parameters()}
+    losses = train_single_group(model, x, 5)
+    assert all(math.isfinite(v) for v in losses)
+    # the average by hand, from the same five steps replayed on a copy without one
+    replay = make(family, GREY, lr=1e-2)
+    (group,) = replay.step_groups()
+    opt = group.make_optimizer()
+    for t in range(5):
+        out = replay.loss(Batch(x), group.name)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        d = min(0.9, (1 + t) / (10 + t))
+        with torch.no_grad():
+            for k, p in replay.body.named_parameters():
+                avg[k].mul_(d).add_(p, alpha=1 - d)
+    live = {k: v.detach().clone() for k, v in model.body.named_parameters()}
+    for k, v in replay.body.named_parameters():
+        torch.testing.assert_close(live[k], v.detach(), rtol=1e-3, atol=1e-4)  # the same live weights
+    with torch.no_grad():
+        for k, p in replay.body.named_parameters():
+            p.copy_(avg[k])
+    torch.testing.assert_close(model.log_prob(x), replay.log_prob(x), rtol=1e-4, atol=1e-3)
+    assert not torch.allclose(model.log_prob(x), make(family, GREY).log_prob(x))  # not the initial weights
+    for k, v in model.body.named_parameters():  # scoring put the live weights back
+        assert torch.equal(v.detach(), live[k])
+    torch.testing.assert_close(model.sample(3, generator=seeded(4)), replay.sample(3, generator=seeded(4)))
+    save_model(model, tmp_path / "m")
+    torch.testing.assert_close(load_model(tmp_path / "m").log_prob(x), model.log_prob(x))

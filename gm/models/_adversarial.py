@@ -25,7 +25,6 @@ generator (beside z) and the critic (beside x), and fakes take the labels of the
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Literal
 
@@ -36,6 +35,7 @@ from torch.func import functional_call
 from gm.core.config import ConfigError, bounded
 from gm.data.dataspec import DataSpec
 from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
+from gm.nn.ema import averaged_pairs, register_average, swapped_in, update_average
 from gm.nn.dcgan import DCGANCritic, DCGANGenerator, RadfordCritic, check_dcgan_data, radford_init
 from gm.nn.mlp import (
     Activation,
@@ -245,10 +245,7 @@ class AdversarialModel(GenerativeModel):
         # The EMA of G's weights: a copy of each generator parameter by name (saved, resumed and exported)
         self._ema_names: list[str] = []
         if c.ema > 0:
-            named = dict(self.gen.named_parameters())
-            self._ema_names = list(named)
-            self._register_copies("ema", named.values())
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+            self._ema_names = register_average(self, "ema", dict(self.gen.named_parameters()))
         # Critic steps taken: anneals instance noise; a buffer so it survives checkpoints.
         self.register_buffer("critic_steps", torch.zeros((), dtype=torch.long))
         self._hist_names: dict[str, list[str]] = {}
@@ -468,33 +465,16 @@ class AdversarialModel(GenerativeModel):
 
     # -- the EMA of G's weights ------------------------------------------------------
     def _ema_pairs(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
-        live = dict(self.gen.named_parameters())
-        return [(live[name], getattr(self, f"ema_{i}")) for i, name in enumerate(self._ema_names)]
+        return averaged_pairs(self, "ema", self._ema_names, dict(self.gen.named_parameters()))
 
-    @torch.no_grad()
     def _update_ema(self) -> None:
         """ema <- d·ema + (1 - d)·θ with d = min(ema, (1 + t)/(10 + t)), t the generator steps averaged so far."""
-        t = float(self.ema_updates)
-        decay = min(self.config.ema, (1.0 + t) / (10.0 + t))
-        for p, e in self._ema_pairs():
-            e.lerp_(p.detach(), 1.0 - decay)
-        self.ema_updates += 1
+        update_average(self, "ema", self._ema_pairs(), self.config.ema)
 
-    @contextlib.contextmanager
     def ema_weights(self):
         """G runs with the averaged weights inside (sampling); the live weights are back afterwards. Without
         an EMA (ema: 0) it changes nothing."""
-        pairs = self._ema_pairs() if self._ema_names else []
-        live = [p.detach().clone() for p, _ in pairs]
-        with torch.no_grad():
-            for p, e in pairs:
-                p.copy_(e)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for (p, _), v in zip(pairs, live):
-                    p.copy_(v)
+        return swapped_in(self._ema_pairs() if self._ema_names else [])
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                condition: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,6 +36,7 @@ class GatedPixelCNNConfig:
     components: int = bounded(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
     lr: float = bounded(1e-3, gt=0)  # Adam
     weight_decay: float = bounded(0.0, ge=0)
+    ema: float = bounded(0.0, ge=0, lt=1)  # Polyak averaging of the weights for evaluation (PixelCNN++ §3; 0: off)
 
     def validate(self):
         if self.kernel % 2 != 1 or self.kernel < 3:

@@ -46,6 +46,7 @@ from gm.core.config import ConfigError, bounded
 from gm.data.dataspec import DataSpec
 from gm.flows import MADE
 from gm.models.base import Batch, Capabilities, GenerativeModel, ModelOutput, StepGroup
+from gm.nn.ema import averaged_pairs, register_average, swapped_in, update_average
 from gm.nn.mlp import check_unconditional, label_count
 from gm.core.numerics import categorical, normal_log_prob, randn
 from gm.nn.precision import fp32
@@ -68,6 +69,7 @@ class PixelCNNConfig:
     components: int = bounded(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
     lr: float = bounded(1e-3, gt=0)  # Adam
     weight_decay: float = bounded(0.0, ge=0)
+    ema: float = bounded(0.0, ge=0, lt=1)  # Polyak averaging of the weights for evaluation (0: off)
 
     def validate(self):
         for name in ("kernel", "block_kernel"):
@@ -215,6 +217,11 @@ class AutoregressiveModel(GenerativeModel):
         else:
             raise ConfigError(f"{type(self).__name__} needs discrete images (C, H, W) or continuous vectors, "
                               f"got {data.kind} data of shape {tuple(data.shape)} with {data.levels} levels")
+        # Polyak averaging (PixelCNN++ §3: "we use Polyak averaging ... for evaluation"): with `ema` > 0
+        # the body's weights are averaged over training steps and log_prob and sample use the average.
+        self._ema_names: list[str] = []
+        if config.ema > 0:
+            self._ema_names = register_average(self, "ema", dict(self.body.named_parameters()))
 
     @classmethod
     def capabilities_for(cls, config) -> Capabilities:
@@ -247,12 +254,21 @@ class AutoregressiveModel(GenerativeModel):
         bits = bits_per_dim(nll.detach() - self.data.log_det_to_model, self.data.dim)
         return ModelOutput(nll, {"nll": nll.detach(), "bits_per_dim": bits})
 
+    def after_step(self, group: str) -> None:
+        if self._ema_names:
+            update_average(self, "ema", self._ema_pairs(), self.config.ema)
+
+    def _ema_pairs(self):
+        return averaged_pairs(self, "ema", self._ema_names, dict(self.body.named_parameters()))
+
     @contextlib.contextmanager
     def _eval_mode(self):
+        """Eval mode (no dropout) with the averaged weights, when the family keeps an average."""
         was_training = self.training
         self.eval()
         try:
-            yield
+            with swapped_in(self._ema_pairs() if self._ema_names else []):
+                yield
         finally:
             self.train(was_training)
 

@@ -57,6 +57,7 @@ class PixelCNNPPConfig:
     conditional: bool = False  # p(x | y): a label bias in every block (2016b, Eq. 4)
     lr: float = bounded(1e-3, gt=0)  # Adam (the paper's code: 1e-3, decayed)
     weight_decay: float = bounded(0.0, ge=0)
+    ema: float = bounded(0.0, ge=0, lt=1)  # Polyak averaging of the weights for evaluation (PixelCNN++ §3; 0: off)
 
 
 def params_per_pixel(channels: int, components: int) -> int:

@@ -61,6 +61,7 @@ class WaveNetConfig:
     fast_generation: bool = True  # sample through the queues of Paine et al. 2016 (False: naive passes)
     lr: float = bounded(1e-3, gt=0)  # Adam (the paper gives no optimiser settings)
     weight_decay: float = bounded(0.0, ge=0)
+    ema: float = bounded(0.0, ge=0, lt=1)  # Polyak averaging of the weights for evaluation (PixelCNN++ §3; 0: off)
     hidden: int = bounded(64, gt=0)  # vectors only: the MADE fallback's width
     depth: int = bounded(2, gt=0)  # vectors only: the MADE fallback's hidden layers
     components: int = bounded(5, gt=0)  # vectors only: Gaussians per coordinate of the MADE fallback
