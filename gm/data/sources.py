@@ -226,12 +226,6 @@ class Digits(FileSource):
     CLASSES = 10
     COLUMNS = 65
 
-    def __post_init__(self):
-        # Subclasses (stacked_digits) inherit the field but build on the 17 levels: refuse it there.
-        if self.binarize is not None and self.source != "digits":
-            raise ConfigError(f"binarize: only the digits source binarizes; {self.source} keeps the digits' "
-                              f"{self.LEVELS} levels, got binarize: {self.binarize}")
-
     def paths(self):
         return (self.path,)
 
@@ -264,6 +258,9 @@ class StackedDigits(Digits):
     size: int = 8
 
     def validate(self):
+        if self.binarize is not None:  # inherited from digits, whose 17 levels the stacks keep
+            raise ConfigError(f"binarize: only the digits source binarizes; stacked_digits keeps the digits' "
+                              f"{self.LEVELS} levels, got binarize: {self.binarize}")
         if self.size not in stacked.SIZES:
             raise ConfigError(f"size: expected one of {', '.join(map(str, stacked.SIZES))}, got {self.size!r}")
 

@@ -55,8 +55,8 @@ from gm.nn.pixelcnn import PixelCNN
 from gm.core.registry import register_family
 from gm.core.numerics import bits_per_dim
 
-__all__ = ["PixelCNNConfig", "PixelCNNModel", "AutoregressiveModel", "ChannelGrid", "MADEMixture",
-           "is_discrete_image"]
+__all__ = ["PixelCNNConfig", "PixelCNNModel", "AutoregressiveModel", "DiscreteAutoregressiveModel", "ChannelGrid",
+           "MADEMixture", "is_discrete_image"]
 
 
 @dataclass(frozen=True)
@@ -290,6 +290,16 @@ class AutoregressiveModel(GenerativeModel):
         labels = self._check_condition(condition, n)
         with self._eval_mode():
             return self.body.sample(n, self.data.shape, generator, labels)
+
+
+class DiscreteAutoregressiveModel(AutoregressiveModel):
+    """An autoregressive family whose body (`image_body`) models discrete data of any shape (images,
+    (1, T) audio, discrete vectors) as one sequence of positions: WaveNet, NADE, MADE. Continuous
+    vectors still get the MADE-MoG fallback."""
+
+    @staticmethod
+    def models_discrete(data: DataSpec) -> bool:
+        return bool(data.levels)
 
 
 @register_family("pixelcnn")

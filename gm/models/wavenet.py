@@ -41,7 +41,7 @@ from gm.core.config import bounded
 from gm.core.numerics import categorical
 from gm.core.registry import register_family
 from gm.data.dataspec import DataSpec
-from gm.models.pixelcnn import AutoregressiveModel
+from gm.models.pixelcnn import DiscreteAutoregressiveModel
 from gm.nn.observation import bin_centres, levels_of
 from gm.nn.precision import fp32
 from gm.nn.wavenet import WaveNet, receptive_field
@@ -127,14 +127,10 @@ class LevelSequence(nn.Module):
 
 
 @register_family("wavenet")
-class WaveNetModel(AutoregressiveModel):
+class WaveNetModel(DiscreteAutoregressiveModel):
     """WaveNet (2016): dilated causal gated residual stacks, a softmax per sample, fast cached sampling."""
 
     config_cls = WaveNetConfig
-
-    @staticmethod
-    def models_discrete(data: DataSpec) -> bool:
-        return bool(data.levels)  # any discrete data, audio first, read as one sequence
 
     def image_body(self) -> nn.Module:
         c, data = self.config, self.data
