@@ -98,7 +98,7 @@ def catvae_space() -> dict:
         "model.n_categories": {"choice": [4, 10, 16]},
         "model.tau_min": {"choice": [0.3, 0.5, 0.7]},
         "model.anneal_rate": {"loguniform": [1e-5, 1e-3]},
-        "model.straight_through": {"choice": [False, True]},
+        "model.estimator": {"choice": ["gumbel", "straight_through"]},  # score_function: a variance study (make bench ARGS=estimators), not a knob
         "model.lr": {"loguniform": [1e-4, 3e-3]},
     }
 
@@ -275,4 +275,58 @@ def stylegan_space() -> dict:
         "model.mapping_layers": {"choice": [1, 2, 4, 8]},  # the paper's 8
         "model.lr_gen": {"loguniform": [3e-4, 3e-3]},  # around Adam 1e-3 (Appendix C)
         "model.lr_critic": {"loguniform": [3e-4, 3e-3]},
+    }
+
+
+@register_space("wavenet")
+def wavenet_space() -> dict:
+    return {
+        "model.lr": {"loguniform": [3e-4, 3e-3]},  # Adam around 1e-3 (the paper gives no settings)
+        "model.residual_channels": {"choice": [16, 32, 64]},  # dilation channels follow at their default
+        "model.layers_per_stack": {"choice": [6, 8, 10]},  # dilations up to 32, 128, 512 (§2.1)
+        "model.stacks": {"choice": [1, 2, 3]},
+    }
+
+
+@register_space("pixelrnn")
+def pixelrnn_space() -> dict:
+    return {
+        "model.arch": {"choice": ["row_lstm", "diagonal_bilstm"]},  # van den Oord 2016a, §3.1 / §3.2
+        "model.hidden": {"choice": [16, 32, 64]},  # h; MNIST: 16 (Table 4)
+        "model.depth": {"choice": [1, 2, 4, 7]},  # LSTM layers; MNIST: 7 (Table 4)
+        "model.dropout": {"uniform": [0.0, 0.5]},
+        "model.lr": {"loguniform": [3e-4, 3e-3]},
+    }
+
+
+@register_space("vqvae2")
+def vqvae2_space() -> dict:
+    return {
+        "model.beta": {"loguniform": [0.05, 2.0]},  # the commitment β; the paper's 0.25 is mid-range
+        "model.codebook_size_top": {"choice": [16, 32, 64, 128]},  # the paper's 512 per level is for ImageNet
+        "model.codebook_size_bottom": {"choice": [16, 32, 64, 128]},
+        "model.code_dim": {"choice": [8, 16, 32]},
+        "model.lr": {"loguniform": [2e-4, 3e-3]},
+        "model.prior_lr": {"loguniform": [3e-4, 3e-3]},
+        "model.ema_decay": {"uniform": [0.9, 0.999]},  # γ = 0.99 (VQ-VAE App. A.1; VQ-VAE-2 §3.1)
+    }
+
+
+@register_space("nade")
+def nade_space() -> dict:
+    return {
+        "model.hidden": {"choice": [100, 250, 500]},  # Larochelle & Murray 2011, §5: 500
+        "model.activation": {"choice": ["sigmoid", "relu"]},  # 2011: sigmoid; Uria et al. 2014: ReLU
+        "model.weight_decay": {"choice": [0.0, 1e-4, 1e-3]},  # a 1,257-image training set overfits
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
+    }
+
+
+@register_space("made")
+def made_space() -> dict:
+    return {
+        "model.hidden": {"choice": [250, 500, 1000]},  # Germain et al. 2015, §6: 500
+        "model.depth": {"choice": [1, 2]},  # 2015, Table 6: one or two hidden layers
+        "model.masks": {"choice": [1, 8, 32]},  # connectivity-agnostic pool and test ensemble (§3.4, Table 6)
+        "model.lr": {"loguniform": [1e-4, 3e-3]},
     }
