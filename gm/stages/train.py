@@ -93,6 +93,9 @@ def train(name: str, root: Path, fresh: bool = False) -> dict:
     with phase("check"):  # before Ray starts: the data and the model's config
         check_buildable(exp, data_dir)
     out = Layout(root).train(name)
+    # The report stage reads artifacts/tune as a whole; a params.yaml without sweeps never makes it, and
+    # DVC refuses a missing dependency. Training always runs before the report, so it leaves it there.
+    Layout(root).tune_root.mkdir(parents=True, exist_ok=True)
     with phase("mlflow_setup"):  # first: a tracking server that does not answer stops the stage before Ray starts
         tracking.setup(params.mlflow, root)
     # still before Ray: each run to resume is vetted (its latest checkpoint loads), the others cleared
