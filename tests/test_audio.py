@@ -286,7 +286,7 @@ def test_wav_folder_refusals_name_the_file(tmp_path):
         src({"source": "wav_folder", "path": "bad"}).load(tmp_path, 0)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty/readme.txt").write_text("nothing here")
-    with pytest.raises(ValueError, match=r"empty: no \.wav files found"):
+    with pytest.raises(ValueError, match=r"empty: no WAV files found"):
         src({"source": "wav_folder", "path": "empty"}).load(tmp_path, 0)
     with pytest.raises(FileNotFoundError, match=r"nowhere: folder not found"):
         src({"source": "wav_folder", "path": "nowhere"}).check(tmp_path)

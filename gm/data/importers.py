@@ -94,8 +94,9 @@ def write_idx(path: str | Path, array: np.ndarray) -> Path:
 
 
 @dataclass(frozen=True)
-class ImageFolder:
-    """Images loaded from a folder: x is uint8 (N, C, H, W); y and class_names are None if unlabelled."""
+class FolderData:
+    """Files loaded from a folder: x (N, *shape) (uint8 pixels or μ-law levels); y and class_names are None
+    if unlabelled."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -103,11 +104,40 @@ class ImageFolder:
     files: tuple[Path, ...]  # relative to the folder, in the order of x
 
 
+def folder_files(folder: Path, wanted, kind: str) -> tuple[list[tuple[Path, int]], list[Path]]:
+    """The files of `folder` that `wanted(path)` accepts, with their labels: (file, class index) from one
+    subfolder per class (sorted by name), or (file, -1) for loose files; and the class folders. `kind`
+    names the files in errors ("PNG/JPEG images", "WAV files")."""
+    loose = sorted(p for p in folder.iterdir() if wanted(p))
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = [d for d in class_dirs if any(wanted(p) for p in d.iterdir())]
+    if loose and class_dirs:
+        raise ValueError(f"{folder}: has both {kind} and class subfolders with {kind}; expected one "
+                         f"or the other (subfolders = labelled, loose {kind} = unlabelled)")
+    if class_dirs:
+        files = [(p, label) for label, d in enumerate(class_dirs) for p in sorted(d.iterdir()) if wanted(p)]
+    else:
+        files = [(p, -1) for p in loose]
+    if not files:
+        raise ValueError(f"{folder}: no {kind} found; expected {kind} in the folder or in one subfolder per class")
+    return files, class_dirs
+
+
+def folder_data(x: np.ndarray, files: list[tuple[Path, int]], class_dirs: list[Path], folder: Path) -> FolderData:
+    labelled = bool(class_dirs)
+    return FolderData(
+        x=x,
+        y=np.array([label for _, label in files], dtype=np.int64) if labelled else None,
+        class_names=tuple(d.name for d in class_dirs) if labelled else None,
+        files=tuple(p.relative_to(folder) for p, _ in files),
+    )
+
+
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
-def load_image_folder(folder: str | Path, grayscale: bool = True, size: int | None = None) -> ImageFolder:
+def load_image_folder(folder: str | Path, grayscale: bool = True, size: int | None = None) -> FolderData:
     """Load `folder/<class>/*.png|jpg` (labelled, classes sorted by name) or `folder/*.png|jpg` (unlabelled).
 
     Without `size` every image must have the size of the first one; with it all are resized.
@@ -118,19 +148,7 @@ def load_image_folder(folder: str | Path, grayscale: bool = True, size: int | No
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: folder not found; expected a folder of PNG/JPEG images, "
                                 "one subfolder per class")
-    loose = sorted(p for p in folder.iterdir() if _is_image(p))
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_dirs = [d for d in class_dirs if any(_is_image(p) for p in d.iterdir())]
-    if loose and class_dirs:
-        raise ValueError(f"{folder}: has both images and class subfolders with images; expected one "
-                         "or the other (subfolders = labelled, loose images = unlabelled)")
-    if class_dirs:
-        files = [(p, label) for label, d in enumerate(class_dirs) for p in sorted(d.iterdir()) if _is_image(p)]
-    else:
-        files = [(p, -1) for p in loose]
-    if not files:
-        raise ValueError(f"{folder}: no PNG/JPEG images found; expected images in the folder or in "
-                         "one subfolder per class")
+    files, class_dirs = folder_files(folder, _is_image, "PNG/JPEG images")
 
     mode = "L" if grayscale else "RGB"
     arrays, first = [], None
@@ -153,13 +171,7 @@ def load_image_folder(folder: str | Path, grayscale: bool = True, size: int | No
             raise ValueError(f"{p}: unreadable image ({type(e).__name__}); expected a PNG or JPEG") from None
     x = np.stack(arrays)
     x = x[:, None] if grayscale else x.transpose(0, 3, 1, 2)  # HWC -> CHW, as the models expect
-    labelled = bool(class_dirs)
-    return ImageFolder(
-        x=np.ascontiguousarray(x),
-        y=np.array([label for _, label in files], dtype=np.int64) if labelled else None,
-        class_names=tuple(d.name for d in class_dirs) if labelled else None,
-        files=tuple(p.relative_to(folder) for p, _ in files),
-    )
+    return folder_data(np.ascontiguousarray(x), files, class_dirs, folder)
 
 
 # ----------------------------------------------------------------------------------------- audio
@@ -265,21 +277,11 @@ def fit_length(waveform: np.ndarray, samples: int, crop: str) -> np.ndarray:
     return np.concatenate([waveform, np.zeros(samples - len(waveform))])
 
 
-@dataclass(frozen=True)
-class AudioFolder:
-    """Clips loaded from a folder: x μ-law levels uint8 (N, 1, T); y and class_names are None if unlabelled."""
-
-    x: np.ndarray
-    y: np.ndarray | None
-    class_names: tuple[str, ...] | None
-    files: tuple[Path, ...]  # relative to the folder, in the order of x
-
-
 def _is_wav(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in WAV_SUFFIXES and not p.name.startswith(".")
 
 
-def load_wav_folder(folder: str | Path, sample_rate: int, samples: int, crop: str = "start") -> AudioFolder:
+def load_wav_folder(folder: str | Path, sample_rate: int, samples: int, crop: str = "start") -> FolderData:
     """Load `folder/<class>/*.wav` (labelled, classes sorted by name) or `folder/*.wav` (unlabelled):
     each file mono (channels averaged), at exactly `sample_rate` Hz (no resampling), cropped or
     zero-padded to `samples`, μ-law encoded (gm.data.audio)."""
@@ -289,18 +291,7 @@ def load_wav_folder(folder: str | Path, sample_rate: int, samples: int, crop: st
         raise FileNotFoundError(f"{folder}: folder not found; expected {expected}")
     if crop not in ("start", "center"):
         raise ValueError(f"crop {crop!r}: expected 'start' or 'center'")
-    loose = sorted(p for p in folder.iterdir() if _is_wav(p))
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    class_dirs = [d for d in class_dirs if any(_is_wav(p) for p in d.iterdir())]
-    if loose and class_dirs:
-        raise ValueError(f"{folder}: has both WAV files and class subfolders with WAV files; expected one "
-                         "or the other (subfolders = labelled, loose files = unlabelled)")
-    if class_dirs:
-        files = [(p, label) for label, d in enumerate(class_dirs) for p in sorted(d.iterdir()) if _is_wav(p)]
-    else:
-        files = [(p, -1) for p in loose]
-    if not files:
-        raise ValueError(f"{folder}: no .wav files found; expected {expected} or directly in it")
+    files, class_dirs = folder_files(folder, _is_wav, "WAV files")
     x = np.empty((len(files), 1, samples), dtype=np.uint8)
     for i, (p, _) in enumerate(files):
         wav = read_wav(p)
@@ -310,10 +301,4 @@ def load_wav_folder(folder: str | Path, sample_rate: int, samples: int, crop: st
         if len(wav.waveform) == 0:
             raise ValueError(f"{p}: no samples; expected at least one frame of audio")
         x[i, 0] = mu_law_encode(fit_length(wav.waveform, samples, crop))
-    labelled = bool(class_dirs)
-    return AudioFolder(
-        x=x,
-        y=np.array([label for _, label in files], dtype=np.int64) if labelled else None,
-        class_names=tuple(d.name for d in class_dirs) if labelled else None,
-        files=tuple(p.relative_to(folder) for p, _ in files),
-    )
+    return folder_data(x, files, class_dirs, folder)

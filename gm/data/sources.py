@@ -426,9 +426,21 @@ class Npz(FileSource):
         return x, y, _info(kind, shape, self.levels, _num_classes(y), [self.path])
 
 
+class FolderSource(FileSource):
+    """A source read from one folder of files (`path`), one subfolder per class or all loose."""
+
+    def paths(self):
+        return (self.path,)
+
+    def check(self, repo_root):
+        full = Path(repo_root) / self.path
+        if not full.is_dir():
+            raise FileNotFoundError(f"{full}: folder not found; expected {self.expected}")
+
+
 @SOURCES.register("image_folder")
 @dataclass(frozen=True)
-class ImageFolderSource(FileSource):
+class ImageFolderSource(FolderSource):
     """PNG/JPEG images: one subfolder per class (labelled) or directly in `path` (unlabelled)."""
 
     path: str
@@ -438,14 +450,6 @@ class ImageFolderSource(FileSource):
 
     expected = "a folder of PNG/JPEG images, one subfolder per class; set `path` of this dataset"
     LEVELS = 256
-
-    def paths(self):
-        return (self.path,)
-
-    def check(self, repo_root):
-        full = Path(repo_root) / self.path
-        if not full.is_dir():
-            raise FileNotFoundError(f"{full}: folder not found; expected {self.expected}")
 
     def load(self, repo_root, seed):
         self.check(repo_root)
@@ -458,7 +462,7 @@ class ImageFolderSource(FileSource):
 
 @SOURCES.register("wav_folder")
 @dataclass(frozen=True)
-class WavFolder(FileSource):
+class WavFolder(FolderSource):
     """WAV files (PCM 8/16/24/32-bit or float; stereo averaged to mono): one subfolder per class (labelled)
     or directly in `path` (unlabelled); every file at `sample_rate`, cropped or zero-padded to `duration`,
     μ-law encoded to 256 levels (1, T)."""
@@ -477,14 +481,6 @@ class WavFolder(FileSource):
 
     def validate(self):
         _audio_samples(self.sample_rate, self.duration)  # a ConfigError naming duration
-
-    def paths(self):
-        return (self.path,)
-
-    def check(self, repo_root):
-        full = Path(repo_root) / self.path
-        if not full.is_dir():
-            raise FileNotFoundError(f"{full}: folder not found; expected {self.expected}")
 
     def load(self, repo_root, seed):
         self.check(repo_root)
