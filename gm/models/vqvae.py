@@ -46,7 +46,7 @@ from gm.core.numerics import bits_per_dim
 from gm.core.dist import world_size
 
 __all__ = ["VQVAE", "VQVAEConfig", "nearest_codes", "straight_through", "commitment_loss", "codebook_loss",
-           "ema_codebook_update", "perplexity", "draw_codebook", "code_statistics", "apply_ema"]
+           "ema_codebook_update", "perplexity", "draw_codebook", "code_statistics", "apply_ema", "embed_grid", "quantize_grid"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,19 @@ def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         d = z.pow(2).sum(1, keepdim=True) - 2 * z @ codebook.T + codebook.pow(2).sum(1)  # (N, K)
         return d.argmin(1)
+
+
+def embed_grid(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Codebook lookup of a code grid: (B, h, w) int64 -> (B, D, h, w)."""
+    return F.embedding(codes, codebook).permute(0, 3, 1, 2)
+
+
+def quantize_grid(z_e: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The nearest codes (B, h, w) of a grid of latents z_e (B, D, h, w) and their vectors (B, D, h, w)
+    (Eq. 2), with no straight-through."""
+    b, d, h, w = z_e.shape
+    codes = nearest_codes(z_e.permute(0, 2, 3, 1).reshape(-1, d), codebook).view(b, h, w)
+    return codes, embed_grid(codes, codebook)
 
 
 def straight_through(z_e: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
@@ -307,13 +320,11 @@ class VQVAE(GenerativeModel):
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codebook lookup: (B, h, w) int64 -> (B, D, h, w)."""
-        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+        return embed_grid(codes, self.codebook)
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The nearest codes (B, h, w) and their vectors z_q (B, D, h, w), with no straight-through."""
-        b, d, h, w = z_e.shape
-        codes = nearest_codes(z_e.permute(0, 2, 3, 1).reshape(-1, d), self.codebook).view(b, h, w)
-        return codes, self.embed_codes(codes)
+        return quantize_grid(z_e, self.codebook)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:

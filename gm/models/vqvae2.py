@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gm.core.config import ConfigError, bounded
@@ -64,8 +63,9 @@ from gm.models.vqvae import (
     conv_decoder,
     conv_encoder,
     draw_codebook,
-    nearest_codes,
+    embed_grid,
     perplexity,
+    quantize_grid,
     straight_through,
 )
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp
@@ -155,13 +155,11 @@ class Codebook(nn.Module):
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 -> (B, D, h, w)."""
-        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+        return embed_grid(codes, self.codebook)
 
     def quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The nearest codes (B, h, w) of z_e (B, D, h, w) and their vectors (B, D, h, w), no straight-through."""
-        b, d, h, w = z_e.shape
-        codes = nearest_codes(z_e.permute(0, 2, 3, 1).reshape(-1, d), self.codebook).view(b, h, w)
-        return codes, self.lookup(codes)
+        return quantize_grid(z_e, self.codebook)
 
     @torch.no_grad()
     def init_from(self, z_e: torch.Tensor) -> None:
