@@ -55,7 +55,7 @@ def test_unnormalised_rows_are_normalised_and_bad_shapes_refused():
 
 def test_registered_with_the_test_reference():
     m = METRICS["classifier_score"]
-    assert m.kinds == ("image",)
+    assert m.kinds == ("image", "audio")  # wherever a featurizer classifies: images and audio clips
     assert set(m.consumes.values()) == {"sample_class_probs", "test_class_probs"}
     out = classifier_scores(np.eye(3)[[0, 1, 2]], np.full((4, 3), 1 / 3))
     assert out == {"classifier_score": pytest.approx(3.0), "classifier_score_test": pytest.approx(1.0)}
