@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
 import sys
 import wave
 from pathlib import Path
@@ -17,8 +16,8 @@ import pytest
 
 from gm.core.layout import Layout, baseline_label
 from gm.data.audio import mu_law_decode
-from tests.helpers import copy_repo, env_for, tiny_params, write_params
-from tests.test_pipeline import Repro, run, tail
+from tests.helpers import copy_repo, tiny_params
+from tests.test_pipeline import Repro, repro_in, run
 
 LAYOUT = Layout(Path())  # paths relative to a pipeline root
 RATE, T = 8000, 400  # 0.05 s clips: seconds of training, a few of sampling
@@ -43,19 +42,7 @@ def audio_params() -> dict:
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory) -> Repro:
-    out = Repro(copy_repo(tmp_path_factory.mktemp("audio") / "repo"))
-    write_params(out.root, audio_params())
-    try:
-        run([sys.executable, "-m", "gm.cli", "data", "init"], out.root)
-        r = subprocess.run([sys.executable, "-m", "gm.cli", "repro", "--keep-going"], cwd=out.root,
-                           env=env_for(out.root), capture_output=True, text=True, timeout=1200)
-        if r.returncode != 0:
-            out.failure = f"dvc repro failed (exit {r.returncode}):\n{tail(r)}"
-    except AssertionError as e:
-        out.failure = str(e)
-    except subprocess.TimeoutExpired as e:
-        out.failure = f"dvc repro timed out after {e.timeout} s:\n{tail(e)}"
-    return out
+    return repro_in(copy_repo(tmp_path_factory.mktemp("audio") / "repo"), audio_params())
 
 
 def test_the_notes_are_prepared_as_audio(repro):

@@ -55,11 +55,11 @@ class Repro:
         return json.loads(self.path(relative).read_text())
 
 
-@pytest.fixture(scope="module")
-def repro(tmp_path_factory) -> Repro:
-    """`gm data init` and `dvc repro` of the tiny profile in a fresh copy of the repository, once."""
-    out = Repro(copy_repo(tmp_path_factory.mktemp("pipeline") / "repo"))
-    write_params(out.root, tiny_params())
+def repro_in(root: Path, params: dict) -> Repro:
+    """`gm data init` and `gm repro --keep-going` (dvc repro with one shared Ray) of `params` in `root`, a
+    fresh copy of the repository; what failed is recorded, not raised, so each test reports its own part."""
+    out = Repro(root)
+    write_params(out.root, params)
     try:
         run([sys.executable, "-m", "gm.cli", "data", "init"], out.root)
         out.data_status = run(["dvc", "status", "data.dvc"], out.root).stdout
@@ -72,6 +72,12 @@ def repro(tmp_path_factory) -> Repro:
     except subprocess.TimeoutExpired as e:
         out.failure = f"dvc repro timed out after {e.timeout} s:\n{tail(e)}"
     return out
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory) -> Repro:
+    """The tiny profile, once, in a fresh copy of the repository."""
+    return repro_in(copy_repo(tmp_path_factory.mktemp("pipeline") / "repo"), tiny_params())
 
 
 def test_dvc_repro_runs_every_stage(repro):
