@@ -294,9 +294,20 @@ def _audio_samples(sample_rate: int, duration: float) -> int:
         raise ConfigError(f"duration: {e}") from None
 
 
+class AudioClips:
+    """Clips of `sample_rate` · `duration` samples (both fields of the source): T, checked whole."""
+
+    @property
+    def samples(self) -> int:
+        return _audio_samples(self.sample_rate, self.duration)
+
+    def validate(self):
+        _audio_samples(self.sample_rate, self.duration)  # a ConfigError naming duration
+
+
 @SOURCES.register("notes")
 @dataclass(frozen=True)
-class Notes(Source):
+class Notes(AudioClips, Source):
     """Audio clips of one synthesised note each (gm.data.audio: flute with vibrato, Karplus-Strong string,
     odd-harmonic clarinet, Risset bell, brass brightening with loudness; the label is the timbre), pitch from
     C major over C3..C5, ADSR envelope, random peak and onset, a little noise; μ-law levels (1, T)."""
@@ -306,13 +317,6 @@ class Notes(Source):
     sample_rate: int = bounded(audio.DEFAULT_SAMPLE_RATE, ge=audio.MIN_SAMPLE_RATE, le=audio.MAX_SAMPLE_RATE)
     duration: float = bounded(0.25, gt=0, le=4.0)  # seconds: 0.25 s at 8 kHz is T = 2000
     noise: float = bounded(audio.NOISE_STD, ge=0, le=0.1)  # std of the white noise, of full scale
-
-    @property
-    def samples(self) -> int:
-        return _audio_samples(self.sample_rate, self.duration)
-
-    def validate(self):
-        _audio_samples(self.sample_rate, self.duration)  # a ConfigError naming duration
 
     def load(self, repo_root, seed):
         x, y, _ = audio.generate_notes(self.n, self.sample_rate, self.duration, np.random.default_rng(seed),
@@ -462,7 +466,7 @@ class ImageFolderSource(FolderSource):
 
 @SOURCES.register("wav_folder")
 @dataclass(frozen=True)
-class WavFolder(FolderSource):
+class WavFolder(AudioClips, FolderSource):
     """WAV files (PCM 8/16/24/32-bit or float; stereo averaged to mono): one subfolder per class (labelled)
     or directly in `path` (unlabelled); every file at `sample_rate`, cropped or zero-padded to `duration`,
     μ-law encoded to 256 levels (1, T)."""
@@ -474,13 +478,6 @@ class WavFolder(FolderSource):
     crop: Literal["start", "center"] = "start"  # which part of a longer file is kept
 
     expected = "a folder of WAV files, one subfolder per class; set `path` of this dataset"
-
-    @property
-    def samples(self) -> int:
-        return _audio_samples(self.sample_rate, self.duration)
-
-    def validate(self):
-        _audio_samples(self.sample_rate, self.duration)  # a ConfigError naming duration
 
     def load(self, repo_root, seed):
         self.check(repo_root)

@@ -46,7 +46,7 @@ from gm.core.numerics import bits_per_dim
 from gm.core.dist import world_size
 
 __all__ = ["VQVAE", "VQVAEConfig", "nearest_codes", "straight_through", "commitment_loss", "codebook_loss",
-           "ema_codebook_update", "perplexity", "draw_codebook", "code_statistics", "apply_ema", "embed_grid", "quantize_grid"]
+           "ema_codebook_update", "perplexity", "draw_codebook", "code_statistics", "apply_ema", "embed_grid", "quantize_grid", "resolve_arch"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,13 @@ def nearest_codes(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         d = z.pow(2).sum(1, keepdim=True) - 2 * z @ codebook.T + codebook.pow(2).sum(1)  # (N, K)
         return d.argmin(1)
+
+
+def resolve_arch(arch: str, data: DataSpec) -> str:
+    """`arch: auto` made concrete: conv nets for (C, H, W) images, MLPs for anything else."""
+    if arch != "auto":
+        return arch
+    return "conv" if data.kind == "image" and len(data.shape) == 3 else "mlp"
 
 
 def embed_grid(codes: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -260,10 +267,7 @@ class VQVAE(GenerativeModel):
     def __init__(self, config: VQVAEConfig, data: DataSpec):
         super().__init__(config, data)
         c = config
-        arch = c.arch
-        if arch == "auto":
-            arch = "conv" if data.kind == "image" and len(data.shape) == 3 else "mlp"
-        self.arch = arch
+        self.arch = arch = resolve_arch(c.arch, data)
         n_labels = label_count(c.conditional, data)
         self.obs = make_observation(c.decoder, data, c.min_log_std, c.decoder_components)
         p = self.obs.params_per_dim

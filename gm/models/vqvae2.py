@@ -66,6 +66,7 @@ from gm.models.vqvae import (
     embed_grid,
     perplexity,
     quantize_grid,
+    resolve_arch,
     straight_through,
 )
 from gm.nn.mlp import Activation, check_unconditional, clamp_to_model_space, mlp
@@ -211,10 +212,7 @@ class VQVAE2(GenerativeModel):
     def __init__(self, config: VQVAE2Config, data: DataSpec):
         super().__init__(config, data)
         c = config
-        arch = c.arch
-        if arch == "auto":
-            arch = "conv" if data.kind == "image" and len(data.shape) == 3 else "mlp"
-        self.arch = arch
+        self.arch = arch = resolve_arch(c.arch, data)
         self.obs = make_observation(c.decoder, data, c.min_log_std, c.decoder_components)
         p, d, ch = self.obs.params_per_dim, c.code_dim, c.prior_hidden
         if arch == "conv":
