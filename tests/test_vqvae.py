@@ -35,6 +35,19 @@ def vqvae(data: DataSpec = DIGITS, **overrides) -> VQVAE:
     return VQVAE(build(VQVAEConfig, {**base, **overrides}, "test"), data)
 
 
+def assert_trained_model_scores_and_samples(model, batch: Batch) -> torch.Tensor:
+    """A trained VQ model on digits (eval mode): a finite bound, a log mass (<= 0 in data space) under its
+    discrete head, and samples in model space; returns the 8 images it scored."""
+    model.eval()
+    x = batch.x[:8]
+    lp = model.log_prob(x)
+    assert lp.shape == (8,) and torch.isfinite(lp).all()
+    assert (lp + DIGITS.log_det_to_model <= 1e-4).all()  # a discrete head: log P(x) <= 0 in data space
+    s = model.sample(5, generator=seeded(0))
+    assert s.shape == (5, 1, 8, 8) and s.min() >= -1 and s.max() < 1
+    return x
+
+
 def digits_batch(b: int = 32, seed: int = 0) -> Batch:
     """Digit-like images: a noisy bright stroke of random slope on a dark background, 17 levels."""
     g = seeded(seed)
@@ -319,13 +332,7 @@ def test_trains_on_digits(codebook, decoder):
     assert last["vqvae"] < first["vqvae"] - 20, (first, last)  # nats per image
     assert last["prior"] < first["prior"], (first, last)
     assert logs["vqvae"]["perplexity"] > (4.0 if codebook == "ema" else 1.5), logs["vqvae"]  # codebook use
-    model.eval()
-    x = batch.x[:8]
-    lp = model.log_prob(x)
-    assert lp.shape == (8,) and torch.isfinite(lp).all()
-    assert (lp + DIGITS.log_det_to_model <= 1e-4).all()  # a discrete head: log P(x) <= 0 in data space
-    s = model.sample(5, generator=seeded(0))
-    assert s.shape == (5, 1, 8, 8) and s.min() >= -1 and s.max() < 1
+    x = assert_trained_model_scores_and_samples(model, batch)
     assert model.reconstruct(x).shape == x.shape
 
 

@@ -21,7 +21,7 @@ from gm.nn.mlp import clamp_to_model_space
 from gm.nn.pixelcnn import PixelCNN
 from gm.nn.vq_priors import AttentionPixelCNN, ConditionedPixelCNN, attention_slots
 from tests.helpers import DIGITS, SMALL_IMAGE, TOY, perturb, seeded
-from tests.test_vqvae import digits_batch
+from tests.test_vqvae import assert_trained_model_scores_and_samples, digits_batch
 
 SHAPES32 = DataSpec(shape=(3, 32, 32), kind="image", levels=256, num_classes=4)
 SHAPES16 = DataSpec(shape=(3, 16, 16), kind="image", levels=256)
@@ -402,13 +402,7 @@ def test_trains_on_digits(codebook, decoder):
         for name, args in (("prior_top", (top,)), ("prior_bottom", (bottom, top))):
             trained, before = getattr(model, name).log_prob(*args).mean(), untrained[name].log_prob(*args).mean()
             assert trained > before + 1.0, (name, trained, before)  # nats per image
-    model.eval()
-    x = batch.x[:8]
-    lp = model.log_prob(x)
-    assert lp.shape == (8,) and torch.isfinite(lp).all()
-    assert (lp + DIGITS.log_det_to_model <= 1e-4).all()  # a discrete head: log P(x) <= 0 in data space
-    s = model.sample(5, generator=seeded(0))
-    assert s.shape == (5, 1, 8, 8) and s.min() >= -1 and s.max() < 1
+    assert_trained_model_scores_and_samples(model, batch)
 
 
 def test_priors_wait_for_prior_start_and_save_load_keeps_the_schedule(tmp_path):
