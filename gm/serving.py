@@ -10,7 +10,8 @@ This file is what the registry stores as the model's code (MLflow's models-from-
 gm.tracking.register_version with gm's own code beside it): loading a version imports it and gm, then
 reads the model folder's JSON config and its weights with torch.load(weights_only=True). Nothing is
 unpickled. The type hints of `predict` are the model's signature: a list of requests, validated by
-MLflow before they reach gm; the answer is the requests' results stacked along the first axis.
+MLflow before they reach gm; the answer is the requests' results stacked along the first axis (a numpy
+array; its schema is left open).
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ class GMSampler(mlflow.pyfunc.PythonModel):
         self.model = load_model(context.artifacts["model"])
         self.spec = self.model.data
 
-    def predict(self, context, model_input: list[Request], params=None) -> list[Any]:
+    # No return hint: MLflow would read one as the output schema, and an array whose shape depends on the
+    # family and the request has none it can express (`list[Any]` makes it warn that Any goes unchecked at
+    # every registration). Unhinted, the output schema is MLflow's plain AnyType, with no warning.
+    def predict(self, context, model_input: list[Request], params=None):
         return predict_many(self.model, model_input)
 
 

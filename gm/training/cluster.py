@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gm.core.config import ConfigError, bounded
 from gm.core.layout import Layout
+from gm.core.quiet import quiet_ray
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,17 @@ TRAIN_ENV_DEFAULTS = (("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600"), ("RAY_T
 # and on a local Ray only: no preemption watcher (an actor, i.e. a process start, per fit, watching for
 # cloud nodes being drained, which a single machine's Ray never is)
 LOCAL_TRAIN_ENV_DEFAULTS = (("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),)
+# The driver's own (Tune runs its controller there), each a line per stage otherwise: Tune's new output
+# engine prints its configuration table, results folder and a TensorBoard command even at verbose=0 (the
+# legacy one at verbose=0 prints nothing; the progress lines are gm's, gm.training.progress); and every
+# report of a trial is a checkpoint, seconds apart on small data, by design (PBT and a resumed sweep need
+# them), which Tune's snapshot-frequency warning would flag at every few reports.
+DRIVER_ENV_DEFAULTS = (("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"))
+# A local Ray's token authentication, explicitly (Ray 2.59+ turns it on for a new local cluster when
+# RAY_AUTH_MODE is unset, and says so in a warning on every start): on, as Ray's default, its token in
+# ~/.ray/auth_token (created on first use). Every process joining the local Ray of `gm repro` inherits the
+# mode. A user's own RAY_AUTH_MODE wins; a cluster (`ray.address` not local) keeps its own settings.
+LOCAL_AUTH_MODE = ("RAY_AUTH_MODE", "token")
 
 
 def init_ray(params: RayParams, *, quiet: bool = True) -> None:
@@ -53,6 +65,10 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for k, v in DRIVER_ENV_DEFAULTS:
+        os.environ.setdefault(k, v)
+    if params.address == "local":
+        set_auth_mode(*LOCAL_AUTH_MODE)
     # passed on to every worker (docs/architecture.md)
     defaults = TRAIN_ENV_DEFAULTS + (LOCAL_TRAIN_ENV_DEFAULTS if params.address == "local" else ())
     env_vars = {k: os.environ.setdefault(k, v) for k, v in defaults}
@@ -64,6 +80,7 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     kwargs = dict(logging_level=logging.WARNING if quiet else logging.INFO, log_to_driver=not quiet,
                   runtime_env={"env_vars": env_vars,
                                "worker_process_setup_hook": "gm.training.cluster.pin_ray_address"})
+    quiet_ray()  # what remains of Ray's output that a user cannot act on (gm/core/quiet.py)
     shared = os.environ.get(SHARED_RAY_ENV)
     if params.address == "local" and shared and answers(shared):
         ray.init(address=shared, **kwargs)
@@ -82,6 +99,21 @@ def init_ray(params: RayParams, *, quiet: bool = True) -> None:
     ctx.print_on_execution_start = False
 
 
+def set_auth_mode(key: str, mode: str) -> None:
+    """RAY_AUTH_MODE=`mode` unless the user set one. Ray reads its config when it is imported: it is read
+    again, as Ray itself does when it turns token mode on for a new local cluster, or this process would
+    not present the token its own cluster asks for."""
+    import sys
+
+    if key in os.environ:
+        return
+    os.environ[key] = mode
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import Config
+
+        Config.initialize("")
+
+
 @contextlib.contextmanager
 def shared_ray(params: RayParams):
     """One local Ray for every stage of a pipeline run: started here (when `ray.address` is 'local'),
@@ -96,8 +128,8 @@ def shared_ray(params: RayParams):
         return
     init_ray(params)
     env = {SHARED_RAY_ENV: ray.get_runtime_context().gcs_address}
-    # a new local Ray turns on token authentication for its own process (RAY_AUTH_MODE=token, token in
-    # ~/.ray/auth_token): the processes that join it need the same mode to present the token
+    # the local Ray's authentication mode (LOCAL_AUTH_MODE, or the user's): the processes that join it
+    # need the same mode to present the token (~/.ray/auth_token)
     env.update({k: os.environ[k] for k in ("RAY_AUTH_MODE",) if k in os.environ})
     try:
         yield env

@@ -19,6 +19,7 @@ from gm.core.files import CorruptFile, parse_json
 from gm.training.experiment import ExperimentConfig
 from gm.data.io import check_split, data_spec, read_meta, read_split
 from gm.training.loop import load_checkpoint, train_loop_per_worker
+from gm.training import progress
 from gm.models.base import build_model, checkpoint_remedy, load_model
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
     In-memory data (`train.data_in_memory`) goes to the workers through Ray's object store, read here
     once (no Ray Data pipeline to start: seconds per fit on small data); otherwise each worker streams
     its Ray Data shard. `init_checkpoint` (a ray.train.Checkpoint) starts the run from that state instead
-    of from scratch: Train V2 has no `resume_from_checkpoint`, so it travels in the loop config."""
+    of from scratch: Train V2 has no `resume_from_checkpoint`, so it travels in the loop config. Rank 0
+    reports its progress to the board of this job's driver when it has one open (gm.training.progress:
+    a Tune trial's trainer finds its stage's board by the job's name too)."""
     import ray
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
@@ -86,7 +89,8 @@ def make_trainer(exp: ExperimentConfig, data_dir: Path, storage: str, name: str,
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": exp.to_dict(), "spec": spec.to_dict(), "data_dir": str(data_dir),
-                           "arrays": arrays, "init_checkpoint": init_checkpoint},
+                           "arrays": arrays, "init_checkpoint": init_checkpoint,
+                           "progress": progress.find_board(), "run": name},
         torch_config=TorchConfig(backend="nccl" if exp.train.scaling.use_gpu else "gloo"),
         scaling_config=scaling_config(exp),
         datasets=datasets,
@@ -374,11 +378,13 @@ def fit_many(runs: list[tuple[ExperimentConfig, str]], data_dir: Path, storage: 
              resume: bool = False) -> list[TrainOutcome]:
     """Several Train runs (e.g. seeds) at once: each TorchTrainer.fit() waits in a thread of this
     process (its controller and workers are Ray actors), so as many run side by side as the cluster
-    has room for their workers, at no extra process start per run."""
+    has room for their workers, at no extra process start per run. Their progress is drawn meanwhile
+    (gm.training.progress.watching: live lines on a terminal, a line per evaluation otherwise)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if len(runs) == 1:
-        return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=resume)]
-    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="fit") as pool:
-        futures = [pool.submit(fit, exp, data_dir, storage, name, resume) for exp, name in runs]
-        return [f.result() for f in futures]
+    with progress.watching(progress.train_label):  # a line per run while they train
+        if len(runs) == 1:
+            return [fit(runs[0][0], data_dir, storage, runs[0][1], resume=resume)]
+        with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="fit") as pool:
+            futures = [pool.submit(fit, exp, data_dir, storage, name, resume) for exp, name in runs]
+            return [f.result() for f in futures]

@@ -25,6 +25,7 @@ from gm.data.io import read_split
 from gm.data.dataspec import DataSpec
 from gm.models.base import GenerativeModel, build_model, checkpoint_remedy, load_model, save_model
 from gm.training.engine import Diverged, Stepper, run_steps, sync_initial_state
+from gm.training.progress import CountingBatches, Reporter
 from gm.training.experiment import experiment_from_dict
 from gm.training.validate import validation_scores
 from gm.core.dist import world
@@ -175,7 +176,8 @@ def worker_data(config: dict, rank: int, size: int, spec: DataSpec, tp) -> tuple
 def train_loop_per_worker(config: dict) -> dict:
     """Ray Train worker function. `config`: {"experiment": ExperimentConfig.to_dict(), "spec": DataSpec dict,
     "data_dir": prepared split folder, "arrays": object refs of the train and val splits (in-memory data)
-    or None (Ray Data shards), optionally "init_checkpoint": a ray.train.Checkpoint to start from}.
+    or None (Ray Data shards), optionally "init_checkpoint": a ray.train.Checkpoint to start from,
+    "progress": the driver's progress board (gm.training.progress) and "run": the run's name}.
 
     Returns the curve, the divergence if any, and where the worker's time went (`phases`, seconds)
     with its entry and exit wall-clock times, from which the driver derives start-up and teardown."""
@@ -219,8 +221,13 @@ def train_loop_per_worker(config: dict) -> dict:
             resumed_from = start
     with phases("data"):
         batches, val = worker_data({**config, "start_step": start}, rank, size, spec, tp)
+    # rank 0 tells the driver where it is (gm.training.progress): the step as it goes, each evaluation
+    reporter = Reporter(config.get("progress") if rank == 0 else None, config.get("run", exp.name), exp.name,
+                        tp.seed, tp.steps)
+    batches = CountingBatches(batches, len(stepper.schedule), reporter)
 
     def outcome(diverged: str | None) -> dict:
+        reporter.close()
         return {"history": history if rank == 0 else [], "diverged": diverged,
                 "train_seconds": phases.seconds.get("steps", 0.0),
                 "worker_seconds": time.perf_counter() - entered, "nodes": nodes, "phases": phases.snapshot(),
@@ -229,12 +236,14 @@ def train_loop_per_worker(config: dict) -> dict:
     step = start
     while step < tp.steps:
         stop = min(tp.steps, (step // tp.eval_every + 1) * tp.eval_every)
+        batches.segment(step)
         if tp.fail_once_at_step and resumed_from is None and step < tp.fail_once_at_step <= stop:
             run_steps(stepper, batches, step, tp.fail_once_at_step)
             raise RuntimeError(f"injected failure at step {tp.fail_once_at_step} (train.fail_once_at_step)")
         try:
             logs, seconds = run_steps(stepper, batches, step, stop)
         except Diverged as e:
+            reporter.diverged(step, str(e))
             ray.train.report({"step": step, "diverged": 1.0, "val_score": math.inf})
             return outcome(str(e))
         phases.add("steps", seconds)
@@ -253,6 +262,7 @@ def train_loop_per_worker(config: dict) -> dict:
                 best = min(best, metrics["val_score"])
                 metrics["best_val_score"] = best
                 history.append(metrics)
+            reporter.evaluated(step, metrics)
             with phases("checkpoint"), tempfile.TemporaryDirectory() as d:
                 write_checkpoint(Path(d), model, stepper, step, metrics, best, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
