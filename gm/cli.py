@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gm import stage
 from gm.data.bootstrap import materialise_default_data
-from gm import server, tracking
+from gm import catalog, server, tracking
 from gm.training.cluster import shared_ray
 
 
@@ -99,6 +99,7 @@ def main(argv=None) -> None:
     s.add_argument("--label", type=int, default=None)
     s.add_argument("--out", default="samples.npy")
     s.set_defaults(fn=cmd_sample)
+    catalog.add_parser(sub)  # gm models ls/show/compare/promote/sample/serve
     argv = sys.argv[1:] if argv is None else list(argv)
     if "server" in argv:  # everything after it is the server's own command line (gm.server)
         return server.main(argv[argv.index("server") + 1:])

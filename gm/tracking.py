@@ -1,4 +1,5 @@
-"""The only module that talks to MLflow: runs, tags, metric curves, models and the registry.
+"""The MLflow store's gateway: runs, tags, metric curves, models and the registry (gm.cards, gm.catalog and
+gm.browser read the registry through the functions at the end; only gm.serving and gm.chaos import MLflow too).
 
 Called from the driver process of a pipeline stage only (never from Ray workers: a
 sqlite store is a file on one machine and tolerates one writer).
@@ -14,7 +15,6 @@ import re
 import socket
 import subprocess
 import time
-import warnings
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Mapping
@@ -25,6 +25,9 @@ from gm.core.config import flatten
 from gm.core.faults import failpoint
 
 CHAMPION = "champion"
+# A registered-model tag naming the version promoted by hand (`gm models promote`): promote_if_better keeps
+# the champion there until `gm models promote NAME --auto` removes it
+PIN = "gm.champion_pin"
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,45 @@ class MlflowParams:
 
 
 def repo_root() -> Path:
-    """The pipeline's root: where params.yaml lives (DVC runs stages from there)."""
-    return Path(os.environ.get("GM_ROOT", os.getcwd())).resolve()
+    """The pipeline's root: where params.yaml lives (DVC runs stages from there): GM_ROOT, else the cwd.
+
+    In a DVC experiment's temporary copy of the repository the cwd wins: a GM_ROOT that the shell of
+    `dvc queue start` exported names the user's workspace, whose params.yaml lacks the experiment's changes."""
+    cwd = Path(os.getcwd()).resolve()
+    if dvc_temp_parent(cwd) is not None:
+        return cwd
+    return Path(os.environ.get("GM_ROOT", cwd)).resolve()
+
+
+# `dvc exp run --queue` (and --temp) runs an experiment in <repo>/.dvc/tmp/exps/<tmpdir>/, a copy of the
+# repository that DVC deletes once the experiment's results are committed to its Git ref
+DVC_TEMP_DIR = (".dvc", "tmp", "exps")
+
+
+def dvc_temp_parent(root: Path) -> Path | None:
+    """The repository whose DVC experiment temporary copy `root` is (or lies in), else None."""
+    parts = Path(root).resolve().parts
+    n = len(DVC_TEMP_DIR)
+    for i in range(len(parts) - n, 0, -1):
+        if parts[i:i + n] == DVC_TEMP_DIR:
+            return Path(*parts[:i])
+    return None
+
+
+def store_root(root: Path) -> Path:
+    """Where the default MLflow store of pipeline root `root` lives (mlflow.db, mlartifacts/): `root`, or in
+    a DVC experiment's temporary copy the user's repository, so that the experiment's runs and registered
+    versions outlive the copy (DVC also names that repository in DVC_ROOT)."""
+    return dvc_temp_parent(root) or Path(root).resolve()
 
 
 def tracking_uri(params: MlflowParams, root: Path) -> str:
-    """MLFLOW_TRACKING_URI, else params' URI, else sqlite:///<root>/mlflow.db — always absolute."""
+    """MLFLOW_TRACKING_URI, else params' URI, else sqlite:///<root>/mlflow.db — always absolute (a relative
+    sqlite path is relative to store_root(root): the user's repository, also for a queued DVC experiment)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # relative sqlite paths resolve against each process's cwd; Ray workers run elsewhere
-        uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
+        uri = "sqlite:///" + str((store_root(root) / uri[len("sqlite:///"):]).resolve())
     return uri
 
 
@@ -155,7 +187,7 @@ def setup(params: MlflowParams, root: Path) -> str:
     else:
         location = None
         if uri.startswith("sqlite:"):  # keep artifacts next to the database, not under the cwd
-            location = (root / "mlartifacts").resolve().as_uri()
+            location = (store_root(root) / "mlartifacts").resolve().as_uri()
         try:
             exp_id = mlflow.create_experiment(params.experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # another clone created it in between
@@ -254,6 +286,11 @@ def stage_tags(stage: str, name: str, root: Path, dataset: str | None = None, **
             "gm.workspace": workspace(root), "gm.owner": owner()}
     if dataset:
         tags["gm.dataset"] = dataset
+    # run by `dvc exp run` (in place or queued): the DVC experiment's name and baseline commit, as DVC
+    # hands them to every stage command (`dvc exp show` lists the experiment under that name)
+    for key, var in (("gm.dvc_experiment", "DVC_EXP_NAME"), ("gm.dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):
+        if os.environ.get(var):
+            tags[key] = os.environ[var]
     tags.update(data_hashes(root, dataset))
     tags.update({k: str(v) for k, v in extra.items()})
     return tags
@@ -375,17 +412,15 @@ def register_version(model_dir: Path, family: str, dataset: str, score: float, m
             **(extra_tags or {})}
     version = _version_of(name, digest)
     if version is None:
-        with warnings.catch_warnings():  # predict's answer (an array of any shape) is typed Any on purpose
-            warnings.filterwarnings("ignore", message=".*Any type hint is inferred as AnyType")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(SERVING_CODE),
-                artifacts={"model": str(model_dir)},
-                code_paths=[str(SERVING_CODE.parent)],  # the sampler rebuilds the family from gm's own code
-                pip_requirements=[_pinned("torch").replace("+cpu", ""), _pinned("numpy"), _pinned("pyyaml"),
-                                  _pinned("mlflow"), _pinned("pydantic")],
-                metadata={"family": family, "dataset": dataset, "likelihood": likelihood or "none"},
-            )
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(SERVING_CODE),
+            artifacts={"model": str(model_dir)},
+            code_paths=[str(SERVING_CODE.parent)],  # the sampler rebuilds the family from gm's own code
+            pip_requirements=[_pinned("torch").replace("+cpu", ""), _pinned("numpy"), _pinned("pyyaml"),
+                              _pinned("mlflow"), _pinned("pydantic")],
+            metadata={"family": family, "dataset": dataset, "likelihood": likelihood or "none"},
+        )
         version = int(mlflow.register_model(info.model_uri, name, tags=tags).version)
         version = _deduplicate(name, digest, version)
         failpoint("register:version-created")
@@ -451,7 +486,8 @@ def best_version(name: str):
 def promote_if_better(name: str, version: int, score: float, rounds: int = 20) -> bool:
     """Settle `champion` on the best validation score of all versions (lower is better), and record on
     `version` the decision about it: promoted, or kept with the champion's score. True when `version` is
-    the champion afterwards.
+    the champion afterwards. A champion pinned by hand (`gm models promote`, registered-model tag PIN) stays
+    where it is, and the decision on `version` says so.
 
     Two stages registering at once (two clones on one server) cannot overwrite each other's better
     champion: the alias has no compare-and-set, so each sets it to the best version it can see and then
@@ -460,6 +496,9 @@ def promote_if_better(name: str, version: int, score: float, rounds: int = 20) -
     import mlflow
 
     client = mlflow.tracking.MlflowClient()
+    pinned = _pinned_version(name)
+    if pinned is not None:  # chosen by hand (gm models promote): kept until unpinned
+        return _keep_pin(name, version, score, pinned)
     before = champion(name)
     for _ in range(rounds):
         best = best_version(name)
@@ -489,6 +528,38 @@ def promote_if_better(name: str, version: int, score: float, rounds: int = 20) -
     return promoted
 
 
+def _pinned_version(name: str):
+    """The version the champion is pinned to by hand (registered-model tag PIN), or None (also when that
+    version no longer exists)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.tracking.MlflowClient()
+    try:
+        pin = client.get_registered_model(name).tags.get(PIN)
+        return client.get_model_version(name, str(pin)) if pin else None
+    except MlflowException:
+        return None
+
+
+def _keep_pin(name: str, version: int, score: float, pinned) -> bool:
+    """promote_if_better under a pin: the champion stays on the pinned version, and `version`'s decision says
+    so (with the score it would have been compared on)."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    current = champion(name)
+    if current is None or current.version != pinned.version:
+        client.set_registered_model_alias(name, CHAMPION, str(pinned.version))
+    promoted = int(pinned.version) == int(version)
+    if "gm.champion_decision" not in client.get_model_version(name, str(version)).tags and not promoted:
+        client.set_model_version_tag(
+            name, str(version), "gm.champion_decision",
+            f"kept v{pinned.version}: pinned by hand by {pinned.tags.get('gm.promoted_by', '?')} "
+            f"(score {score:.6g} against its {_score(pinned):.6g}); `gm models promote {name} --auto` unpins it")
+    return promoted
+
+
 def load_registered(model_uri: str):
     """The pyfunc sampler of a registered model version, e.g. models:/gm-wgan_gp-grid25@champion."""
     import mlflow
@@ -503,3 +574,45 @@ def tag_version(name: str, version: int, tags: Mapping[str, str]) -> None:
     client = mlflow.tracking.MlflowClient()
     for k, v in tags.items():
         client.set_model_version_tag(name, str(version), k, str(v))
+
+
+# ------------------------------------------------------------------------------ reading the store
+# for the registry's readers (gm.cards, gm.catalog, gm.browser): MLflow stays behind this module
+
+
+def client(uri: str | None = None):
+    """MLflow's client on the current store, or on store `uri` (tracking and registry)."""
+    import mlflow
+
+    return mlflow.tracking.MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else mlflow.tracking.MlflowClient()
+
+
+def store_error() -> type[Exception]:
+    """The exception MLflow raises for what the store lacks (`except tracking.store_error():`)."""
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException
+
+
+def download(uri: str | None = None, *, run_id: str | None = None, path: str | None = None) -> Path:
+    """A local copy of an artifact: `uri` (e.g. models:/NAME/VERSION), or `path` in the run `run_id`."""
+    import mlflow
+
+    if uri is not None:
+        return Path(mlflow.artifacts.download_artifacts(uri))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path))
+
+
+def use_store(uri: str) -> None:
+    """Point this process's MLflow (tracking and registry) at `uri`, creating nothing."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def store_uris() -> dict[str, str]:
+    """MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI of the store this process uses (for a child process)."""
+    import mlflow
+
+    return {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_REGISTRY_URI": mlflow.get_registry_uri()}

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from gm import stage, tracking
+from gm import cards, stage, tracking
 from gm.data.io import data_spec, read_meta, read_split
 from gm.figures.stylegan import evaluation_figures
 from gm.evaluation import (FEATURIZED, aggregate, evaluate, load_feature_space, load_sampler,
@@ -128,6 +128,7 @@ def evaluate_candidate(c: Candidate, root: Path, params) -> dict:
         if version is not None:
             tracking.tag_version(tracking.registered_name(c.family, c.dataset), version,
                                  {f"gm.test.{k}": f"{v:.6g}" for k, v in per_seed[seed].items()})
+            cards.refresh_card(tracking.registered_name(c.family, c.dataset), version)  # with its test metrics
     return summary
 
 

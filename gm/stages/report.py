@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gm import stage, tracking
+from gm import cards, stage, tracking
 from gm.core.layout import Layout
 from gm.report import build_report
 
@@ -17,4 +17,6 @@ def report(root: Path) -> dict:
     tracking.setup(params.mlflow, root)
     with tracking.run("report", tracking.stage_tags("report", "report", root)):
         tracking.log_artifacts(out, "reports")
+    # every registered version's card again, now that baselines and champions have settled
+    cards.write_cards(tracking.registered_name(e.family, e.dataset) for e in params.experiments.values())
     return flat

@@ -13,7 +13,7 @@ import math
 import statistics
 from pathlib import Path
 
-from gm import stage, tracking
+from gm import cards, stage, tracking
 from gm.training.experiment import ExperimentConfig
 from gm.core.files import write_json
 from gm.core.layout import Layout
@@ -36,8 +36,9 @@ def seed_runs(exp: ExperimentConfig) -> list[tuple[ExperimentConfig, str]]:
 
 
 def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: Path, parent_id: str,
-                tags: dict) -> dict:
-    """Nested MLflow run of one seed: curves, timings; its selected model exported and registered."""
+                tags: dict, data_dir: Path | None = None) -> dict:
+    """Nested MLflow run of one seed: curves, timings; its selected model exported and registered, with its
+    model card (gm.cards: sample figures of `data_dir`'s kind as artifacts of this run, the description)."""
     with tracking.run(f"train/{exp.name}/seed{seed}", {**tags, "gm.seed": str(seed)}, parent_run_id=parent_id):
         tracking.log_history(outcome.history)
         score = float(outcome.metrics.get("val_score", math.inf))
@@ -66,6 +67,10 @@ def record_seed(exp: ExperimentConfig, seed: int, outcome: TrainOutcome, dest: P
             row["registered_version"] = tracking.register_version(
                 model_dir, exp.family, exp.dataset, score, metric, model.likelihood,
                 {"gm.source": "train", "gm.experiment": exp.name, "gm.seed": str(seed)})
+        if data_dir is not None:
+            with phase("model_card"):
+                cards.card_at_registration(tracking.registered_name(exp.family, exp.dataset),
+                                           row["registered_version"], model, data_dir, exp.to_dict())
     return row
 
 
@@ -118,7 +123,7 @@ def train(name: str, root: Path, fresh: bool = False) -> dict:
         timing.PHASES.add("validation", slowest.phases.get("validation", 0.0))
         write_json(out.history, [{"seed": e.train.seed, **h} for (e, _), o in zip(runs, outcomes)
                                           for h in o.history])
-        rows = [record_seed(e, e.train.seed, o, out.model(e.train.seed), parent.info.run_id, tags)
+        rows = [record_seed(e, e.train.seed, o, out.model(e.train.seed), parent.info.run_id, tags, data_dir)
                 for (e, _), o in zip(runs, outcomes)]
         scores = [r["val_score"] for r in rows]
         best = min(rows, key=lambda r: r["val_score"])

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from gm import stage, tracking
+from gm import cards, stage, tracking
 from gm.core.config import to_dict
 from gm.data.io import data_spec
 from gm.core.files import write_json
 from gm.core.layout import Layout
 from gm.models.base import load_model
+from gm.training import progress
 from gm.training.driver import check_buildable, export_selected
 from gm.training.cluster import init_ray, storage_path
 from gm.training.validate import reported_metric
@@ -96,7 +97,7 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
     tags = tracking.stage_tags("tune", name, root, exp.dataset, **{"gm.family": exp.family})
     with tracking.run(f"tune/{name}", tags) as parent:
         tracking.log_params({"sweep": to_dict(sweep), "experiment": exp.to_dict()})
-        with phase("sweep"):
+        with phase("sweep"), progress.watching(progress.trial_label(name)):  # a line per trial
             result = run_sweep(sweep, exp, data_dir, storage, f"tune-{name}", resume=resume)
         rows = trial_rows(result.grid)
         for row in rows:
@@ -122,6 +123,8 @@ def tune_sweep(name: str, root: Path, resume: bool | None = None) -> dict:
             version = tracking.register_version(out.model, exp.family, exp.dataset, result.best_score, metric,
                                                 model.likelihood, {"gm.source": "tune", "gm.sweep": name,
                                                                    "gm.trial_id": result.best_trial_id})
+            cards.card_at_registration(tracking.registered_name(exp.family, exp.dataset), version, model, data_dir,
+                                       best["config"])
         best["registered_version"] = version
         write_json(out.best, best)
         table = pd.DataFrame([{k: v for k, v in r.items() if k != "curve"} for r in rows])
