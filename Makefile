@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 5000
 
-.PHONY: run test test-fast test-chaos ui bench setup data clean help profile server chaos
+.PHONY: run test test-fast test-chaos ui ui-check browser bench setup data clean help profile server chaos
 
 help:
 	@echo "make run    - set up .venv, materialise data/, run the DVC pipeline (prepare, train, tune, evaluate, report)"
@@ -15,17 +15,35 @@ help:
 	@echo "make test-fast - the suite without Ray, MLflow server or DVC runs (minutes)"
 	@echo "make test-chaos - the fault scenarios as tests (the slower tier CI runs after make test)"
 	@echo "make ui     - serve the MLflow UI on http://127.0.0.1:$(PORT)"
+	@echo "make ui-check - look at the MLflow UI and reports/index.html in headless Chromium (screenshots: reports/ui/)"
 	@echo "make bench  - print per-stage and Ray Train overhead figures"
 	@echo "make server - a team's MLflow tracking server on PostgreSQL, http://127.0.0.1:$(PORT) (ARGS=--auth ...)"
 	@echo "make chaos  - inject faults (killed node, driver, server; corrupt files) and print what each cost"
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# Debian's chromium and chromedriver, for the tests and `make ui-check` that look at the UI in a real browser
+# (gm/browser.py). Checked every time (two file tests) rather than trusted to a stamp: installed once, as root.
+BROWSER_BINS := /usr/bin/chromium /usr/bin/chromedriver
+browser:
+	@if ! test -x /usr/bin/chromium || ! test -x /usr/bin/chromedriver; then \
+	  if test "$$(id -u)" = 0 && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver (apt-get)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "error: $(BROWSER_BINS) missing, and this is not root with apt-get: as root run" >&2; \
+	    echo "  apt-get install --no-install-recommends chromium chromium-driver   (then make setup again)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	@test -x /usr/bin/chromium && test -x /usr/bin/chromedriver
 
 # data/ holds raw inputs only; when absent it is materialised byte for byte (same hash as data.dvc).
 data: $(STAMP)
@@ -36,13 +54,13 @@ run: data
 	@echo
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -m "not chaos" tests
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -m "not chaos and not walkthrough" tests
 
 # the slower tier: every fault scenario of `make chaos` as a test (killed driver, node and tracking server,
-# two clones on one server, corrupt files); CI runs it after make test
+# two clones on one server, corrupt files) and the README's newcomer walk-through; CI runs it after make test
 test-chaos: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 --durations=10 -m chaos tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 --durations=10 -m "chaos or walkthrough" tests
 
 # everything but the tests that start Ray or an MLflow server or run DVC (marked integration), on both cores;
 # make test stays on one process: Ray's tests are slower beside a second worker than after it
@@ -60,6 +78,12 @@ chaos: data
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --host 127.0.0.1 --port $(PORT)
+
+# the UI in a real browser: make ui's server on a free port (ARGS=--port P), headless Chromium on the registered
+# models, each champion version (alias, card) and its run's card/samples.png, and on reports/index.html;
+# screenshots in reports/ui/, exit 1 with the list of what is missing
+ui-check: $(STAMP) browser
+	$(BIN)/python -m gm.browser $(ARGS)
 
 bench: data
 	$(BIN)/python -m gm.bench $(ARGS)

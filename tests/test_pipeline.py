@@ -219,6 +219,16 @@ def test_gm_sample_draws_from_a_registered_champion(repro, tmp_path):
     assert x.shape == (6, 2) and np.isfinite(x).all()
 
 
+def test_the_ui_and_the_report_show_what_a_person_looks_for(repro):
+    # make ui's server and headless Chromium on this store and reports/index.html (gm.browser, make ui-check):
+    # every gm- model listed, each champion's alias, card and samples.png, the report's tables, images and links
+    from tests.test_browser import assert_browser_sees
+
+    if repro.failure:
+        pytest.fail(f"not checked: {repro.failure}", pytrace=False)
+    assert_browser_sees(repro.root)
+
+
 def test_a_second_repro_has_nothing_to_do_and_metrics_show(repro):
     # last in the module: should it reproduce anything, the outputs checked above would change
     if repro.failure:
