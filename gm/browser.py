@@ -21,17 +21,15 @@ import argparse
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 from urllib.parse import quote, unquote, urlparse
 
-from gm.server import LOOPBACK, ServerError, answers, log_tail
+from gm.server import LOOPBACK, ServerError, answers, spawn_server, stop_group
 from gm import tracking
 from gm.tracking import CHAMPION, OFFLINE_ENV
 from gm.training.cluster import free_port
@@ -81,39 +79,18 @@ class MlflowUI:
             raise ServerError(f"{store}: no MLflow store here; `make run` (or `gm repro`) creates it")
         if answers(self.url):
             raise ServerError(f"something already answers at {self.url}: stop it or choose another --port")
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         # make ui's command; one worker is plenty for one browser and starts sooner (uvicorn kills a worker
         # that misses its 5 s health check while still importing MLflow on a loaded machine: gm.server)
         cmd = [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", f"sqlite:///{store}",
                "--host", LOOPBACK, "--port", str(self.port), "--workers", "1",
                "--uvicorn-opts", "--timeout-worker-healthcheck 120"]
-        env = {**os.environ, **dict(OFFLINE_ENV)}
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not answers(self.url):
-            if self.process.poll() is not None:
-                raise ServerError(f"mlflow ui exited with {self.process.returncode}: {log_tail(self.log_file)} "
-                                  f"(log: {self.log_file})")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"mlflow ui did not answer at {self.url} within {timeout:.0f} s (log: {self.log_file})")
-            time.sleep(0.5)
+        self.process = spawn_server(cmd, {**os.environ, **dict(OFFLINE_ENV)}, self.log_file, self.url, timeout,
+                                    "mlflow ui", cwd=self.root)
         return self
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to the whole process group (uvicorn's workers too), then SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
-        except ProcessLookupError:
-            pass
+        stop_group(self.process, timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -234,37 +234,48 @@ class MlflowServer:
                 write_text_private(secret, secrets.token_urlsafe(32))
             env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secret.read_text().strip())
             env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=self.auth.password)
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not answers(self.uri):
-            if self.process.poll() is not None:
-                raise ServerError(f"mlflow server exited with {self.process.returncode}: "
-                                  f"{log_tail(self.log_file)} (log: {self.log_file})")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServerError(f"mlflow server did not answer at {self.uri} within {timeout:.0f} s "
-                                  f"(log: {self.log_file})")
-            time.sleep(0.5)
+        self.process = spawn_server(cmd, env, self.log_file, self.uri, timeout, "mlflow server")
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         """Stop the server's whole process group (its gunicorn/uvicorn workers too): SIGTERM, then SIGKILL."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, sig)
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout)
-        except ProcessLookupError:
-            pass
+        stop_group(self.process, sig, timeout)
 
     def kill(self) -> None:
         """The server dies at once, as a crashed host's would (requests in flight get no answer)."""
         self.stop(signal.SIGKILL)
+
+
+def spawn_server(cmd: list[str], env: dict, log_file: Path, url: str, timeout: float, what: str,
+                 cwd: Path | None = None) -> subprocess.Popen:
+    """Start `cmd` as a process group of its own (output appended to `log_file`) and wait until `url`
+    answers; a server that exits or stays silent past `timeout` is stopped and a ServerError names its log."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        if process.poll() is not None:
+            raise ServerError(f"{what} exited with {process.returncode}: {log_tail(log_file)} (log: {log_file})")
+        if time.monotonic() > deadline:
+            stop_group(process)
+            raise ServerError(f"{what} did not answer at {url} within {timeout:.0f} s (log: {log_file})")
+        time.sleep(0.5)
+    return process
+
+
+def stop_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """Stop a process started as a group of its own (a server and its workers): `sig`, then SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+    except ProcessLookupError:
+        pass
 
 
 def answers(uri: str, timeout: float = 2.0) -> bool:

@@ -26,6 +26,19 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture
+def store(tmp_path):
+    """A fresh sqlite MLflow store in tmp_path, set up as a stage sets up its own; runs left open are ended."""
+    import mlflow
+
+    from gm import tracking
+
+    tracking.setup(tracking.MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"), tmp_path)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
 @pytest.fixture(autouse=True)
 def integration_only_ray(request):
     """A test that starts Ray must be marked `integration` (make test-fast runs without Ray)."""

@@ -5,8 +5,6 @@ stages ran, with `gm models serve` answering samples and log-likelihoods over HT
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,14 +24,6 @@ from gm.params import parse_params
 
 NAME = "gm-maf-ring8"
 MAF = {"n_layers": 2, "hidden": 16}  # differs from MAF's defaults (5 layers of 100) in two knobs
-
-
-@pytest.fixture
-def store(tmp_path):
-    tracking.setup(tracking.MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"), tmp_path)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
 
 
 def experiment(**model):
@@ -262,26 +252,15 @@ def test_gm_models_lists_shows_compares_promotes_and_samples(evaluated):
 @pytest.mark.integration
 def test_gm_models_serve_answers_the_readme_requests_on_loopback(evaluated):
     from gm.chaos import stage_env
+    from gm.server import spawn_server, stop_group
     from gm.training.cluster import free_port
 
     root, port = evaluated, free_port()
-    log = (root / "serve.log").open("w")  # a file, not a pipe: a full pipe would stall the server
-    server = subprocess.Popen([sys.executable, "-m", "gm.cli", "--root", str(root), "models", "serve", NAME,
-                               "--port", str(port)], cwd=root, env=stage_env(root), start_new_session=True,
-                              stdout=log, stderr=subprocess.STDOUT)
+    # a file, not a pipe, for its output (a full pipe would stall the server); bounded wait for /health
+    server = spawn_server([sys.executable, "-m", "gm.cli", "--root", str(root), "models", "serve", NAME, "--port",
+                           str(port)], stage_env(root), root / "serve.log", f"http://127.0.0.1:{port}", 180,
+                          "gm models serve", cwd=root)
     try:
-        deadline = time.monotonic() + 180
-        while True:  # bounded wait for the model server's health check
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            assert server.poll() is None, \
-                f"gm models serve ended (exit {server.returncode}):\n{(root / 'serve.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "gm models serve did not answer /ping within 180 s"
-            time.sleep(1.0)
         # the README's requests: samples, then log-likelihoods of data
         x = post(port, {"inputs": [{"n": 4, "seed": 0}]})
         assert x.shape == (4, 2) and np.isfinite(x).all()
@@ -296,10 +275,4 @@ def test_gm_models_serve_answers_the_readme_requests_on_loopback(evaluated):
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert listening.strip() and all("127.0.0.1:" in line for line in listening.strip().splitlines())
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        stop_group(server)

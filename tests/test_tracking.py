@@ -20,14 +20,6 @@ from gm.params import parse_params
 from tests.helpers import tiny_params
 
 
-@pytest.fixture
-def store(tmp_path):
-    tracking.setup(tracking.MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"), tmp_path)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-
-
 def exported(dest: Path, seed: int = 0) -> Path:
     import torch
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gm.server import answers, stop_group
+from gm.training.cluster import free_port
 from tests.helpers import REPO, copy_repo, env_for, tiny_params, write_params
 
 START, END = "<!-- walkthrough:start -->", "<!-- walkthrough:end -->"
@@ -67,33 +67,15 @@ def test_the_walkthrough_block_parses_into_commands():
         'gm models promote x 2 --reason "a # b"'
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, server: subprocess.Popen, log: Path, timeout: float = SERVER_START_S) -> None:
+    """Bounded wait for the background server's health check (it must not have exited meanwhile)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not answers(f"http://127.0.0.1:{port}"):
         if server.poll() is not None:
             raise AssertionError(f"the server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        with socket.socket() as s:
-            s.settimeout(1.0)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing answered on 127.0.0.1:{port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
         time.sleep(1.0)
-    raise AssertionError(f"nothing answered on 127.0.0.1:{port} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
 
 
 def link_venv(root: Path) -> None:
@@ -122,7 +104,7 @@ def walk(root: Path, lines: list[str], port: int) -> list[tuple[str, str]]:
                 continue
             if line.startswith("kill %"):
                 for server, _, _ in servers:
-                    stop(server)
+                    stop_group(server)
                 servers.clear()
                 continue
             if line.endswith("&"):
@@ -142,7 +124,7 @@ def walk(root: Path, lines: list[str], port: int) -> list[tuple[str, str]]:
             out.append((line, r.stdout))
     finally:
         for server, _, _ in servers:
-            stop(server)
+            stop_group(server)
     return out
 
 
