@@ -40,6 +40,9 @@ def guarded(call):
     """Run `call()`; user errors print `error: <message>` and exit 2, no traceback."""
     try:
         return call()
+    except BrokenPipeError:  # `gm models ls | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(0)
     except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {msg}", file=sys.stderr)
