@@ -55,12 +55,13 @@ run: data
 	@echo "Reports: reports/leaderboard.md, reports/index.html.  MLflow: make ui"
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -m "not chaos and not walkthrough" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=15 -m "not chaos and not journey" tests
 
 # the slower tier: every fault scenario of `make chaos` as a test (killed driver, node and tracking server,
-# two clones on one server, corrupt files) and the README's newcomer walk-through; CI runs it after make test
+# two clones on one server, corrupt files) and the user journeys (README walk-through, gm models on a served
+# model, the UI in a browser); CI runs it after make test
 test-chaos: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 --durations=10 -m "chaos or walkthrough" tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 --durations=10 -m "chaos or journey" tests
 
 # everything but the tests that start Ray or an MLflow server or run DVC (marked integration), on both cores;
 # make test stays on one process: Ray's tests are slower beside a second worker than after it

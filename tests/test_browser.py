@@ -122,6 +122,7 @@ def scratch_store(root: Path) -> None:
         client.set_registered_model_alias(name, "champion", v.version)
 
 
+@pytest.mark.journey  # minutes: the slower tier; make test looks at the pipeline's own UI (tests/test_pipeline.py)
 def test_the_ui_walk_passes_a_carded_champion_and_names_what_another_lacks(tmp_path):
     root = tmp_path / "repo"
     root.mkdir()

@@ -215,6 +215,7 @@ def evaluated(tmp_path_factory):
 
 
 @pytest.mark.integration
+@pytest.mark.journey  # minutes: the slower tier (make test-chaos), beside the README walk-through
 def test_gm_models_lists_shows_compares_promotes_and_samples(evaluated):
     root = evaluated
     listed = gm(root, "ls").stdout.splitlines()
@@ -250,6 +251,7 @@ def test_gm_models_lists_shows_compares_promotes_and_samples(evaluated):
 
 
 @pytest.mark.integration
+@pytest.mark.journey  # minutes: the slower tier (make test-chaos), beside the README walk-through
 def test_gm_models_serve_answers_the_readme_requests_on_loopback(evaluated):
     from gm.chaos import stage_env
     from gm.server import spawn_server, stop_group

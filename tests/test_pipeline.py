@@ -8,6 +8,7 @@ after it (each with the repro's tail), while the stages that do not depend on it
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -217,6 +218,33 @@ def test_gm_sample_draws_from_a_registered_champion(repro, tmp_path):
          "-n", "6", "--seed", "2", "--out", str(out)], repro.root)
     x = np.load(out)
     assert x.shape == (6, 2) and np.isfinite(x).all()
+
+
+def test_gm_models_lists_the_champions_ranks_them_and_shows_a_card(repro, tmp_path, capsys):
+    # the README's first-session commands on the pipeline's store (all of them, as a shell runs them:
+    # tests/test_walkthrough.py); in this process, to spare a start-up per command
+    from gm.cli import main
+
+    if repro.failure:
+        pytest.fail(f"not checked: {repro.failure}", pytrace=False)
+
+    def gm(*args):
+        capsys.readouterr()
+        main(["--root", str(repro.root), "models", *args])
+        return capsys.readouterr().out
+
+    listing = gm("ls")
+    assert re.search(r"^gm-vae-digits\s+vae\s+digits\s+3\s+v\d", listing, re.M), listing
+    best = gm("best")
+    assert re.search(r"^digits\s+gm-vae-digits/\d+\s+fd\s", best, re.M), best
+    assert re.search(r"^ring8\s+gm-wgan_gp-ring8/\d+\s+w1\s", best, re.M), best
+    card = gm("show", "gm-vae-digits")  # the champion's card, with the test metrics the evaluate stage tagged
+    assert card.startswith("# Model card: gm-vae-digits v") and "test_bits_per_dim" in card, card[:800]
+    assert "baseline-gmm-digits" in card and "## Lineage" in card, card[-1500:]
+    assert re.search(r"DVC stage: `(train|tune)@vae-digits`", card), card[-1500:]
+    ref = gm("best", "--dataset", "digits", "--ref").strip()
+    gm("sample", ref, "-n", "9", "-o", str(tmp_path / "grid.png"))
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_ui_and_the_report_show_what_a_person_looks_for(repro):

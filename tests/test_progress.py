@@ -169,7 +169,9 @@ def test_the_raylet_worker_count_line_is_dropped_and_other_raylet_lines_printed(
 
     from gm.core.quiet import quiet_ray
 
-    original = worker.print_to_stdstream
+    installed = worker.print_to_stdstream  # a Ray started earlier in this process has the wrapper already
+    original = getattr(installed, "gm_original", installed)
+    worker.print_to_stdstream = original
     try:
         quiet_ray()
         quiet_ray()  # idempotent: one wrapper
@@ -180,7 +182,7 @@ def test_the_raylet_worker_count_line_is_dropped_and_other_raylet_lines_printed(
         worker.print_to_stdstream({"lines": [count, "The node ran out of memory"], "pid": "raylet",
                                    "is_err": False}, ignore_prefix=False)
     finally:
-        worker.print_to_stdstream = original
+        worker.print_to_stdstream = installed
     out = capsys.readouterr().out
     assert "worker processes" not in out
     assert "The node ran out of memory" in out

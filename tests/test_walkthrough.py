@@ -137,7 +137,7 @@ def output_of(out: list[tuple[str, str]], pattern: str, nth: int = 0) -> str:
 
 
 @pytest.mark.integration
-@pytest.mark.walkthrough
+@pytest.mark.journey
 @pytest.mark.timeout(3600)
 def test_a_newcomer_runs_browses_samples_serves_compares_and_promotes(tmp_path):
     root = copy_repo(tmp_path / "gm")

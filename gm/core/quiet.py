@@ -34,4 +34,5 @@ def quiet_ray() -> None:
             printer({**data, "lines": lines}, *args, **kwargs)
 
     print_to_stdstream.gm_quiet = True
+    print_to_stdstream.gm_original = printer
     worker.print_to_stdstream = print_to_stdstream
