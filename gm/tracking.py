@@ -170,17 +170,7 @@ def setup(params: MlflowParams, root: Path) -> str:
         os.environ.setdefault(k, v)
     uri = tracking_uri(params, root)
     check_server(uri)
-    # MLflow also exports what it is set to as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would then
-    # outrank params for every later setup() of this process (another root's, in one test session) and
-    # leak into the processes it starts: the variables are put back as the user left them
-    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    use_store(uri)
     exp = mlflow.get_experiment_by_name(params.experiment)
     if exp is not None:
         exp_id = exp.experiment_id
@@ -604,11 +594,21 @@ def download(uri: str | None = None, *, run_id: str | None = None, path: str | N
 
 
 def use_store(uri: str) -> None:
-    """Point this process's MLflow (tracking and registry) at `uri`, creating nothing."""
+    """Point this process's MLflow (tracking and registry) at `uri`, creating nothing.
+
+    MLflow also exports what it is set to as MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which would then
+    outrank params for every later setup() of this process (another root's, in one test session) and
+    leak into the processes it starts: the variables are put back as the user left them."""
     import mlflow
 
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def store_uris() -> dict[str, str]:

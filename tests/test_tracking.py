@@ -4,6 +4,7 @@ fail points. (The same against a real server: test_server.py, test_chaos.py.)"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,22 @@ def test_a_stale_writer_cannot_leave_a_worse_champion(store):
     # a decision is made once: a resumed stage that promotes again does not rewrite it
     assert tracking.promote_if_better("gm-x", v2, 0.5)
     assert "gm.champion_decision" in client.get_model_version("gm-x", str(v2)).tags
+
+
+def test_reading_another_store_leaves_the_next_setup_on_its_own_store(tmp_path, monkeypatch):
+    # `gm models` points this process at a store to read it; MLflow would export that as
+    # MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which then outranks params.yaml for every later setup()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    tracking.use_store(f"sqlite:///{tmp_path}/a/mlflow.db")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
+    tracking.setup(tracking.MlflowParams(tracking_uri=f"sqlite:///{tmp_path}/b/mlflow.db"), tmp_path / "b")
+    assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == f"sqlite:///{tmp_path}/b/mlflow.db"
+    mlflow.MlflowClient().create_registered_model("gm-x")
+    assert (tmp_path / "b/mlflow.db").is_file() and not (tmp_path / "a/mlflow.db").exists()
 
 
 def test_runs_of_dead_processes_of_this_workspace_are_marked_killed(store):

@@ -232,7 +232,7 @@ def test_the_champion_moves_only_for_a_better_finite_score(tmp_path):
 
     from gm import tracking
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    tracking.use_store(f"sqlite:///{tmp_path}/mlflow.db")
     client = mlflow.MlflowClient()
     client.create_registered_model("gm-x")
 
