@@ -22,7 +22,8 @@ from tests.test_pipeline import Repro, repro_in, run
 LAYOUT = Layout(Path())  # paths relative to a pipeline root
 RATE, T = 8000, 400  # 0.05 s clips: seconds of training, a few of sampling
 
-pytestmark = pytest.mark.integration
+# the second modality end to end (a DVC pipeline of its own, minutes): the slower tier, make test-chaos
+pytestmark = [pytest.mark.integration, pytest.mark.journey]
 
 
 def audio_params() -> dict:

@@ -53,6 +53,7 @@ def checkpoints(run: Path) -> list[Path]:
 
 
 @pytest.mark.integration
+@pytest.mark.chaos  # a fault scenario, a minute (test_chaos kills a driver too): make test-chaos
 def test_a_killed_train_stage_continues_from_its_latest_checkpoint(tmp_repo):
     from gm.params import parse_params
     from gm.stages.prepare import prepare

@@ -182,6 +182,7 @@ def finished_trials(path: Path) -> int:
 
 
 @pytest.mark.integration
+@pytest.mark.chaos  # a fault scenario, a minute: the slower tier (make test-chaos)
 def test_a_sweep_killed_after_its_first_trial_resumes_without_repeating_it(local_ray, prepared, tmp_path):
     from tune.driver import read_sweep_record, run_sweep
 
