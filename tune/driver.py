@@ -206,7 +206,8 @@ def make_scheduler(sweep: SweepConfig, exp: ExperimentConfig):
         return PopulationBasedTraining(
             time_attr="step", perturbation_interval=sweep.perturbation_interval * exp.train.eval_every,
             hyperparam_mutations=mutations, quantile_fraction=sweep.quantile_fraction,
-            resample_probability=sweep.resample_probability, custom_explore_fn=ClampToSpace(sweep.space))
+            resample_probability=sweep.resample_probability, synch=sweep.synch,
+            custom_explore_fn=ClampToSpace(sweep.space))
     return FIFOScheduler()
 
 

@@ -30,6 +30,10 @@ class SweepConfig:
     perturbation_interval: int = bounded(2, gt=0)  # PBT: reports between exploit/explore decisions
     quantile_fraction: float = bounded(0.25, gt=0, le=0.5)  # PBT: bottom share that copies the top share
     resample_probability: float = bounded(0.25, ge=0, le=1)  # PBT: chance a knob is redrawn, not scaled
+    # PBT: false, asynchronous as in Jaderberg et al. 2017 (a member decides when it reaches a perturbation
+    # point, among the members still running); true, members wait for one another at each point (a member
+    # that finishes before another has reported is then never compared with it)
+    synch: bool = False
     max_concurrent_trials: int | None = bounded(None, gt=0)  # None: as many as the cluster's CPUs/GPUs allow
     trial_driver_cpus: float = bounded(0.0, ge=0)  # the trial function only launches the TorchTrainer
     seed: int = 0
