@@ -253,15 +253,22 @@ return {heading: heading.innerText, body: box.innerText.replace(heading.innerTex
 """
 
 # the images on the page showing `arguments[0]` (by src, alt or title), and whether each has loaded
-# MLflow's assistant panel opens beside every page: closed (when it is there) so screenshots show the page
-CLOSE_ASSISTANT_JS = """
-for (const b of document.querySelectorAll('button[aria-label="Close"]')) {
+# MLflow's assistant panel opens beside every page, and a page may open with a modal (the registry's "new
+# Model Registry UI" announcement covers the models list): both closed, when there, so screenshots show the page
+CLOSE_OVERLAYS_JS = """
+let closed = 0;
+for (const b of document.querySelectorAll('button[aria-label="Close"], button[aria-label="close"]')) {
+  if (b.closest('[role="dialog"]')) { b.click(); closed++; continue; }
   let box = b.parentElement;
   for (let i = 0; box && i < 6; i++, box = box.parentElement) {
-    if (box.innerText && box.innerText.includes('MLflow Assistant')) { b.click(); return true; }
+    if (box.innerText && box.innerText.includes('MLflow Assistant')) { b.click(); closed++; break; }
   }
 }
-return false;
+return closed;
+"""
+OVERLAY_OPEN_JS = """
+return Array.from(document.querySelectorAll('[role="dialog"]')).some(e => e.getClientRects().length > 0)
+    || document.body.innerText.includes('MLflow Assistant');
 """
 
 IMAGES_JS = """
@@ -285,8 +292,8 @@ def check_ui(driver, url: str, root: Path, shots: Path, wait_s: float = WAIT_S) 
         """Open `route`; wait for `ready(driver)`; screenshot; a finding naming `what` when it never came."""
         driver.get(base + route)
         got = wait_until(driver, ready, wait_s)
-        if driver.execute_script(CLOSE_ASSISTANT_JS):
-            wait_until(driver, lambda d: "MLflow Assistant" not in body_text(d), 5)  # for the screenshot only
+        if driver.execute_script(CLOSE_OVERLAYS_JS):  # for the screenshot only
+            wait_until(driver, lambda d: not d.execute_script(OVERLAY_OPEN_JS), 5)
         out.screenshots.append(screenshot(driver, shots / shot))
         if not got:
             out.findings.append(f"{base}{route}: {what} not shown within {wait_s:.0f} s "

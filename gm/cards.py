@@ -350,12 +350,44 @@ def fit(text: str, limit: int = DESCRIPTION_LIMIT) -> str:
     return text[: limit - len(note)].rsplit("\n", 1)[0] + note
 
 
+def model_markdown(name: str) -> str:
+    """The registered model's own description (its page in the UI): what it is, its champion, and a line per
+    version (how it was made, its validation score), from what MLflow holds now."""
+    client = tracking.client()
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    tags = versions[-1].tags if versions else {}
+    family, dataset = tags.get("gm.family", "?"), tags.get("gm.dataset", "?")
+    champion_of = _champion_version(name)
+    lines = [f"# {name}", "", f"**{family}** on **{dataset}**: {family_paper(family)}", ""]
+    if champion_of is not None:
+        pinned = " (pinned by hand)" if _pin(name) else " (the best validation score so far)"
+        lines.append(f"Champion: v{champion_of}{pinned}, `models:/{name}@champion`.")
+    else:
+        lines.append("No champion yet.")
+    rows = []
+    for v in versions:
+        t = v.tags
+        made = {"train": f"train {t.get('gm.experiment', '?')} seed {t.get('gm.seed', '?')}",
+                "tune": f"tune {t.get('gm.sweep', '?')} trial {t.get('gm.trial_id', '?')}"}.get(
+                    t.get("gm.source", ""), t.get("gm.source", "?"))
+        rows.append([f"v{v.version}" + (" (champion)" if str(v.version) == str(champion_of) else ""), made,
+                     _float(t.get("gm.val_score"))])
+    metric = tags.get("gm.val_metric", "val_score")
+    lines += ["", *_table(["version", "made by", f"{metric} (lower is better)"], rows), "",
+              f"Each version's card is its description (`gm models show {name}/<version>`)."]
+    return "\n".join(lines)
+
+
 def write_card(name: str, version: int | str) -> str:
-    """Set the card as the version's description (only when it changed); returns the card."""
+    """Set the card as the version's description and the model's summary as the registered model's (each
+    only when it changed); returns the card."""
     text = card_markdown(name, version)
     client = tracking.client()
     if (client.get_model_version(name, str(version)).description or "") != fit(text):
         client.update_model_version(name, str(version), description=fit(text))
+    summary = fit(model_markdown(name))
+    if (client.get_registered_model(name).description or "") != summary:
+        client.update_registered_model(name, description=summary)
     return text
 
 

@@ -81,6 +81,11 @@ def test_a_registered_version_carries_a_card_with_knobs_figures_and_lineage(stor
         png = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"card/{name}"))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert "Not evaluated on the test split yet" in card
+    # the registered model's own page says what it is, its champion and each version
+    summary = mlflow.MlflowClient().get_registered_model(NAME).description
+    assert summary.startswith(f"# {NAME}") and "**maf** on **ring8**" in summary
+    assert f"Champion: v{v} (the best validation score so far)" in summary
+    assert f"| v{v} (champion) | train maf-ring8 seed 0 | 1.5 |" in summary
 
 
 def test_the_card_shows_test_metrics_beside_the_latest_baselines_of_its_dataset(store, prepared):
@@ -102,10 +107,12 @@ def test_writing_a_card_again_changes_nothing(store, prepared):
     v = register(store, prepared, 1.0)
     client = mlflow.MlflowClient()
     before = client.get_model_version(NAME, str(v))
+    model_before = client.get_registered_model(NAME)
     assert cards.write_card(NAME, v).startswith("# Model card")
     assert cards.write_cards([NAME, "gm-no-such-model"]) == 1
     after = client.get_model_version(NAME, str(v))
     assert after.description == before.description and after.last_updated_timestamp == before.last_updated_timestamp
+    assert client.get_registered_model(NAME).last_updated_timestamp == model_before.last_updated_timestamp
 
 
 def test_a_card_too_long_for_the_registry_is_cut_at_a_line_and_says_so():
@@ -127,6 +134,7 @@ def test_a_champion_promoted_by_hand_stays_until_unpinned(store, prepared):
     assert tags["gm.promoted_by"] == "ana@lab" and tags["gm.promotion_reason"] == "sharper rings"
     assert tags["gm.champion_decision"].startswith("promoted by hand by ana@lab on ")
     assert "Promoted by hand by ana@lab" in description(v1) and "pinned to v1" in description(v1)
+    assert f"Champion: v{v1} (pinned by hand)" in client.get_registered_model(NAME).description
     # a better model registered next does not undo the choice, and says why
     v3 = register(store, prepared, 0.1, seed=2, card=False)
     assert str(tracking.champion(NAME).version) == str(v1)
