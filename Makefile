@@ -59,8 +59,8 @@ test: $(STAMP) browser
 
 # the slower tier: every fault scenario of `make chaos` as a test (killed driver, node and tracking server,
 # two clones on one server, corrupt files) and the user journeys (README walk-through, gm models on a served
-# model, the UI in a browser); CI runs it after make test
-test-chaos: $(STAMP)
+# model, the UI in a browser, the audio pipeline); CI runs it after make test
+test-chaos: $(STAMP) browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1200 --durations=10 -m "chaos or journey" tests
 
 # everything but the tests that start Ray or an MLflow server or run DVC (marked integration), on both cores;
