@@ -40,6 +40,8 @@ CARD_SAMPLES = 64  # samples drawn for the card's figures: a few seconds at most
 CARD_SEED = 0
 DESCRIPTION_LIMIT = 5000  # MLflow's model_versions.description is VARCHAR(5000) (enforced by PostgreSQL)
 HIDDEN_METRICS = ("_seconds", "samples_per_s", "finite_samples", "seeds")  # timings, not quality
+# metrics that are flags, shown to a person as what they mean
+FLAG_METRICS = {"test_bound": {0.0: "exact", 1.0: "lower bound"}}  # is test_bits_per_dim a bound?
 
 
 # ------------------------------------------------------------------------------ the family and its knobs
@@ -294,7 +296,10 @@ def card_markdown(name: str, version: int | str) -> str:
     tested = tested_metrics(v)
     base = baselines(run.info.experiment_id, dataset) if run else {}
     if tested:
-        rows = [[k, tested[k], *(base[b].get(k) if base[b].get(k) is not None else "—" for b in base)] for k in tested]
+        def cell(metric: str, value):
+            return "—" if value is None else FLAG_METRICS.get(metric, {}).get(value, value)
+
+        rows = [[k, cell(k, tested[k]), *(cell(k, base[b].get(k)) for b in base)] for k in tested]
         lines += ["Test split (this version beside the baselines, same split and protocol):", "",
                   *_table(["metric", f"v{v.version}", *base], rows), ""]
     else:

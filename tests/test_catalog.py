@@ -93,13 +93,15 @@ def test_the_card_shows_test_metrics_beside_the_latest_baselines_of_its_dataset(
     baseline_run("gmm", "ring8", {"w1": 0.9, "test_nll": 5.0})  # an earlier evaluation of the same baseline
     time.sleep(0.01)
     baseline_run("gmm", "ring8", {"w1": 0.5, "test_nll": 2.0})
-    baseline_run("kde", "ring8", {"w1": 0.7})
+    baseline_run("kde", "ring8", {"w1": 0.7, "test_bound": 0.0})
     baseline_run("gmm", "grid25", {"w1": 9.0})  # another dataset's: not on this card
-    tracking.tag_version(NAME, v, {"gm.test.w1": "0.3", "gm.test.test_nll": "1.25", "gm.test.sample_seconds": "0.1"})
+    tracking.tag_version(NAME, v, {"gm.test.w1": "0.3", "gm.test.test_nll": "1.25", "gm.test.sample_seconds": "0.1",
+                                   "gm.test.test_bound": "1.0"})
     cards.write_card(NAME, v)
     card = description(v)
     assert "| metric | v1 | baseline-gmm-ring8 | baseline-kde-ring8 |" in card
     assert "| w1 | 0.3 | 0.5 | 0.7 |" in card and "| test_nll | 1.25 | 2 | — |" in card
+    assert "| test_bound | lower bound | — | exact |" in card  # a flag reads as what it means
     assert "sample_seconds" not in card and "grid25" not in card
 
 
