@@ -231,6 +231,11 @@ def tested_metrics(version) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
+def _metric_cell(metric: str, value):
+    """A test metric as the card's table shows it: a dash where a model lacks it, a flag as what it means."""
+    return "—" if value is None else FLAG_METRICS.get(metric, {}).get(value, value)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -296,10 +301,7 @@ def card_markdown(name: str, version: int | str) -> str:
     tested = tested_metrics(v)
     base = baselines(run.info.experiment_id, dataset) if run else {}
     if tested:
-        def cell(metric: str, value):
-            return "—" if value is None else FLAG_METRICS.get(metric, {}).get(value, value)
-
-        rows = [[k, cell(k, tested[k]), *(cell(k, base[b].get(k)) for b in base)] for k in tested]
+        rows = [[k, _metric_cell(k, tested[k]), *(_metric_cell(k, base[b].get(k)) for b in base)] for k in tested]
         lines += ["Test split (this version beside the baselines, same split and protocol):", "",
                   *_table(["metric", f"v{v.version}", *base], rows), ""]
     else:
