@@ -7,6 +7,9 @@ import numpy as np
 from gm.core.numerics import mean_nll_bits_per_dim
 from gm.core.registry import register_metric
 
+# test_bound: whether test_bits_per_dim bounds the true NLL from above, as a person reads the flag
+TEST_BOUND_MEANING = {0.0: "exact", 1.0: "lower bound"}
+
 
 @register_metric("likelihood", consumes={"log_likelihoods": "test_log_likelihoods", "dim": "dim",
                                          "likelihood": "likelihood"}, kinds=("toy", "image", "audio"))
