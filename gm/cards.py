@@ -231,9 +231,13 @@ def tested_metrics(version) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def _metric_cell(metric: str, value):
-    """A test metric as the card's table shows it: a dash where a model lacks it, a flag as what it means."""
-    return "—" if value is None else FLAG_METRICS.get(metric, {}).get(value, value)
+def metric_text(metric: str, value: float | None, digits: int = 4) -> str:
+    """A test metric as a person reads it (card, gm models ls and compare): a dash where a model lacks it,
+    a flag as what it means, a number to `digits` significant digits."""
+    if value is None:
+        return "—"
+    meaning = FLAG_METRICS.get(metric, {}).get(value)
+    return meaning if meaning is not None else f"{value:.{digits}g}"
 
 
 def _fmt(v) -> str:
@@ -301,7 +305,7 @@ def card_markdown(name: str, version: int | str) -> str:
     tested = tested_metrics(v)
     base = baselines(run.info.experiment_id, dataset) if run else {}
     if tested:
-        rows = [[k, _metric_cell(k, tested[k]), *(_metric_cell(k, base[b].get(k)) for b in base)] for k in tested]
+        rows = [[k, metric_text(k, tested[k]), *(metric_text(k, base[b].get(k)) for b in base)] for k in tested]
         lines += ["Test split (this version beside the baselines, same split and protocol):", "",
                   *_table(["metric", f"v{v.version}", *base], rows), ""]
     else:

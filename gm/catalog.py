@@ -71,7 +71,7 @@ def model_uri(version) -> str:
 
 def _headline(metrics: dict[str, float], k: int = 4) -> str:
     keys = [m for m in PREFERRED if m in metrics] + [m for m in metrics if m not in PREFERRED]
-    return ", ".join(f"{m}={metrics[m]:.4g}" for m in keys[:k]) or "—"
+    return ", ".join(f"{m}={cards.metric_text(m, metrics[m])}" for m in keys[:k]) or "—"
 
 
 def text_table(header: list[str], rows: list[list[str]]) -> str:
@@ -170,7 +170,7 @@ def compare_rows(name: str, a: str, b: str) -> tuple[list[str], list[list[str]]]
             ["source", va.tags.get("gm.source", "?"), vb.tags.get("gm.source", "?")]]
     ta, tb = cards.tested_metrics(va), cards.tested_metrics(vb)
     for k in sorted(set(ta) | set(tb)):
-        rows.append([f"test {k}", _num(ta.get(k)), _num(tb.get(k))])
+        rows.append([f"test {k}", cards.metric_text(k, ta.get(k), 6), cards.metric_text(k, tb.get(k), 6)])
     ca, cb = (cards.flatten({k: c.get(k) or {} for k in ("model", "train")}) if c else {}
               for c in (cards.version_config(va), cards.version_config(vb)))
     for k in sorted(set(ca) | set(cb)):
