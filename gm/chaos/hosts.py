@@ -42,7 +42,7 @@ from pathlib import Path
 
 import psutil
 
-from gm.training.cluster import TRAIN_ENV_DEFAULTS, free_port
+from gm.training.cluster import TRAIN_ENV_DEFAULTS, free_ports
 
 # The head's GCS checks every node each second and gives up on one after 3 failed checks: a lost node is
 # declared dead ~3 s after it died (Ray's defaults, 3 s x 5 checks of up to 10 s, take 15-60 s). Only
@@ -244,11 +244,11 @@ class Hosts:
         caller can do other work while they start; `wait_ray` then waits for them."""
         counts = cpus if isinstance(cpus, list) else [cpus] * self.n
         head = self.hosts[0]
-        port = 6379 if self.isolated else free_port()  # one machine's ports are shared on loopback
+        # one machine's ports are shared on loopback: distinct ones of its own, not Ray's defaults
+        port, dashboard, client = (6379, 8265, 10001) if self.isolated else free_ports(3)
         self.ray_address = f"{head.address}:{port}"
         self._launch(head, ["--head", "--port", str(port), "--dashboard-host", head.address,
-                            "--dashboard-port", str(8265 if self.isolated else free_port()),
-                            "--ray-client-server-port", str(10001 if self.isolated else free_port())],
+                            "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client)],
                      counts[0], FAST_NODE_DEATH)
         for host, n in zip(self.hosts[1:], counts[1:]):
             self._launch(host, ["--address", self.ray_address], n, {})
@@ -276,8 +276,9 @@ class Hosts:
 
     def _launch(self, host: Host, args: list[str], cpus: int, extra_env: dict) -> None:
         """`ray start ... --block` on `host`, its output in host.log."""
+        agent, metrics = (None, None) if self.isolated else free_ports(2)
         fixed_ports = [] if self.isolated else [
-            "--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())]
+            "--dashboard-agent-listen-port", str(agent), "--metrics-export-port", str(metrics)]
         cmd = host.prefix + [RAY, "start", *args, "--node-ip-address", host.address, "--num-cpus", str(cpus),
                              "--object-store-memory", str(OBJECT_STORE_BYTES), "--temp-dir", str(host.temp_dir),
                              *fixed_ports, "--disable-usage-stats", "--log-style", "record",

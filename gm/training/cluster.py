@@ -181,12 +181,40 @@ def interface_of(ip: str) -> str | None:
     return None
 
 
-def free_port() -> int:
+# The ports a Ray node takes by default (GCS, dashboard, client server, dashboard agent). A port picked for
+# another part of a Ray node must not be one of them, or Ray refuses to start ("... please make sure the
+# same port is not used by multiple components"): 52365, the agent's, lies in the kernel's ephemeral range,
+# so a picked dashboard port is that port about once in 14,000 starts. tests/test_ray.py holds this to Ray's
+# own defaults.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+def free_ports(n: int, avoid: frozenset[int] = RAY_DEFAULT_PORTS) -> list[int]:
+    """`n` distinct loopback TCP ports free now, none of them in `avoid`: every port the kernel offers is held
+    until all are picked, so none is offered twice."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    held: list[socket.socket] = []
+    picked: list[int] = []
+    try:
+        for _ in range(n + 64):  # bounded: each skipped port is one of the few in `avoid`
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in avoid:
+                picked.append(port)
+            if len(picked) == n:
+                return picked
+        raise OSError(f"no {n} free loopback ports outside {sorted(avoid)}")
+    finally:
+        for s in held:
+            s.close()
+
+
+def free_port() -> int:
+    """A loopback TCP port free now, not one of Ray's default ports."""
+    return free_ports(1)[0]
 
 
 def storage_path(params: RayParams, repo_root: Path) -> str:
