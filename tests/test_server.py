@@ -14,7 +14,7 @@ import pytest
 
 from gm.chaos import GAN_RING8, last_line, run_stage, stage_env, tiny_params, workspace
 from gm.server import Auth, MlflowServer, start_team
-from gm.training.cluster import free_port
+from gm.training.cluster import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,8 @@ MODEL = f"gm-gan-{DATASET}"
 
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    t = start_team(tmp_path_factory.mktemp("server"), port=free_port(), pg_port=free_port(), throwaway=True)
+    port, pg_port = free_ports(2)
+    t = start_team(tmp_path_factory.mktemp("server"), port=port, pg_port=pg_port, throwaway=True)
     yield t
     t.stop()
 
@@ -164,9 +165,9 @@ def test_gm_server_starts_postgresql_and_mlflow_and_stops_both(tmp_path):
 
     state = Path(tempfile.mkdtemp(prefix="gm-server-test-"))  # a folder the postgres user can enter
     state.chmod(0o755)
-    port = free_port()
+    port, pg_port = free_ports(2)
     cmd = [sys.executable, "-m", "gm.cli", "server", "--dir", str(state / "s"), "--port", str(port),
-           "--pg-port", str(free_port()), "--auth"]
+           "--pg-port", str(pg_port), "--auth"]
     proc = subprocess.Popen(cmd, cwd=CHECKOUT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line, deadline = "", time.monotonic() + 120

@@ -19,12 +19,13 @@ from gm.chaos import (GAN_RING8, Row, checkpoints, client, last_line, metric_poi
                       runs, scenario, stage_cmd, stage_env, tiny_params, versions, workspace)
 from gm.core.layout import Layout
 from gm.server import Team, start_team
-from gm.training.cluster import free_port
+from gm.training.cluster import free_ports
 
 
 def start_server(workdir: Path) -> Team:
     """A PostgreSQL and an MLflow server of their own, on free loopback ports, state in workdir/server."""
-    return start_team(Path(workdir) / "server", port=free_port(), pg_port=free_port(), throwaway=True)
+    port, pg_port = free_ports(2)
+    return start_team(Path(workdir) / "server", port=port, pg_port=pg_port, throwaway=True)
 
 
 def one_error_line(stderr: str) -> bool:
