@@ -244,14 +244,17 @@ class Hosts:
         caller can do other work while they start; `wait_ray` then waits for them."""
         counts = cpus if isinstance(cpus, list) else [cpus] * self.n
         head = self.hosts[0]
-        # one machine's ports are shared on loopback: distinct ones of its own, not Ray's defaults
-        port, dashboard, client = (6379, 8265, 10001) if self.isolated else free_ports(3)
+        # one machine's ports are shared on loopback: all picked at once, so all distinct, none Ray's defaults;
+        # a namespace has ports of its own, Ray's defaults
+        ports = [] if self.isolated else free_ports(3 + 2 * self.n)
+        port, dashboard, client = ports[:3] if ports else (6379, 8265, 10001)
+        node_ports = [ports[3 + 2 * i:5 + 2 * i] for i in range(self.n)] if ports else [[]] * self.n
         self.ray_address = f"{head.address}:{port}"
         self._launch(head, ["--head", "--port", str(port), "--dashboard-host", head.address,
                             "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client)],
-                     counts[0], FAST_NODE_DEATH)
-        for host, n in zip(self.hosts[1:], counts[1:]):
-            self._launch(host, ["--address", self.ray_address], n, {})
+                     counts[0], FAST_NODE_DEATH, node_ports[0])
+        for host, n, own in zip(self.hosts[1:], counts[1:], node_ports[1:]):
+            self._launch(host, ["--address", self.ray_address], n, {}, own)
         if wait:
             self.wait_ray(timeout)
         return self.ray_address
@@ -274,11 +277,11 @@ class Hosts:
             raise TimeoutError(f"the cluster at {self.ray_address} shows nodes {alive}, expected "
                                f"{sorted(h.address for h in self.hosts)} within {timeout:.0f} s")
 
-    def _launch(self, host: Host, args: list[str], cpus: int, extra_env: dict) -> None:
-        """`ray start ... --block` on `host`, its output in host.log."""
-        agent, metrics = (None, None) if self.isolated else free_ports(2)
-        fixed_ports = [] if self.isolated else [
-            "--dashboard-agent-listen-port", str(agent), "--metrics-export-port", str(metrics)]
+    def _launch(self, host: Host, args: list[str], cpus: int, extra_env: dict, ports: list[int]) -> None:
+        """`ray start ... --block` on `host`, its output in host.log; `ports`: its dashboard agent's and metrics
+        exporter's (none: Ray's defaults, in a namespace of its own)."""
+        fixed_ports = [] if not ports else [
+            "--dashboard-agent-listen-port", str(ports[0]), "--metrics-export-port", str(ports[1])]
         cmd = host.prefix + [RAY, "start", *args, "--node-ip-address", host.address, "--num-cpus", str(cpus),
                              "--object-store-memory", str(OBJECT_STORE_BYTES), "--temp-dir", str(host.temp_dir),
                              *fixed_ports, "--disable-usage-stats", "--log-style", "record",

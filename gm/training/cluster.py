@@ -184,7 +184,7 @@ def interface_of(ip: str) -> str | None:
 # The ports a Ray node takes by default (GCS, dashboard, client server, dashboard agent). A port picked for
 # another part of a Ray node must not be one of them, or Ray refuses to start ("... please make sure the
 # same port is not used by multiple components"): 52365, the agent's, lies in the kernel's ephemeral range,
-# so a picked dashboard port is that port about once in 14,000 starts. tests/test_ray.py holds this to Ray's
+# so a picked dashboard port is that port about once in 14,000 starts. tests/test_ports.py holds this to Ray's
 # own defaults.
 RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
 
