@@ -165,8 +165,8 @@ def compare_rows(name: str, a: str, b: str) -> tuple[list[str], list[list[str]]]
               for x in (a, b))
     cols = [f"v{va.version}", f"v{vb.version}"]
     rows = [["validation metric", va.tags.get("gm.val_metric", "?"), vb.tags.get("gm.val_metric", "?")],
-            ["validation score", _num(cards._float(va.tags.get("gm.val_score"))),
-             _num(cards._float(vb.tags.get("gm.val_score")))],
+            ["validation score", *(cards.metric_text("val_score", cards._float(v.tags.get("gm.val_score")), 6)
+                                   for v in (va, vb))],
             ["source", va.tags.get("gm.source", "?"), vb.tags.get("gm.source", "?")]]
     ta, tb = cards.tested_metrics(va), cards.tested_metrics(vb)
     for k in sorted(set(ta) | set(tb)):
@@ -179,10 +179,6 @@ def compare_rows(name: str, a: str, b: str) -> tuple[list[str], list[list[str]]]
     for r in rows:  # a mark where the two differ
         r.insert(0, "*" if r[1] != r[2] else "")
     return ["", "", *cols], rows
-
-
-def _num(v) -> str:
-    return "—" if v is None else f"{v:.6g}"
 
 
 def cmd_compare(args) -> None:
